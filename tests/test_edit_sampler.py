@@ -1,0 +1,184 @@
+"""The editing loop (Algorithm 1): schedules, time travel, regional SDE, NFE accounting."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffeditor.adapters.diffusers_adapter import DiffusersDenoiser, DiffusersHost
+from diffeditor.samplers.blend import TrajectoryAnchor
+from diffeditor.samplers.ddim import ddim_step
+from diffeditor.samplers.edit import PRESETS, EditStats, guided_x0, preset_schedule, sample_edit, time_travel_rollback
+from diffeditor.samplers.hooks import EditHooks, KVBank
+from diffeditor.samplers.inversion import invert
+from diffeditor.samplers.schedule import alpha_bar_from_sigma, ddim_sigmas, window_steps
+
+
+class ToyTask:
+    """A minimal task: pull the edit region's features toward the source's, keep the rest."""
+
+    reference = None
+    ref_mask = None
+
+    def __init__(self, mask):
+        self.edit_mask = mask
+        self.sde_mask = mask
+
+    def energy(self, feats, ref, ref2):
+        lvl = max(feats)
+        f, r = feats[lvl], ref[lvl]
+        cos = F.cosine_similarity(f, r, dim=1)[:, None]
+        m = F.interpolate(self.edit_mask, size=f.shape[-2:], mode="nearest")
+        e_edit = 1.0 / (1.0 + 4.0 * (cos * m).sum() / m.sum().clamp_min(1))
+        e_con = 1.0 / (1.0 + 4.0 * (cos * (1 - m)).sum() / (1 - m).sum().clamp_min(1))
+        return e_edit, e_con
+
+    def init_latent(self, z, zr):
+        return z
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_unet, text_pair):
+    cond, uncond = text_pair
+    g = torch.Generator().manual_seed(11)
+    x0 = torch.randn(1, 4, 16, 16, generator=g)
+    hooks = EditHooks()
+    sig = ddim_sigmas(50)
+    bank = KVBank(steps=range(50))
+    tr = invert(DiffusersDenoiser(tiny_unet, cond, hooks=hooks), x0, sig, hooks=hooks, bank=bank, disable=True)
+    m = torch.zeros(1, 1, 16, 16)
+    m[..., 4:11, 5:12] = 1
+    return tiny_unet, cond, uncond, hooks, sig, tr, m
+
+
+def test_official_schedule_indices_at_50_steps():
+    s = PRESETS["DiffEditor"]
+    assert sorted(window_steps(s.guidance, 50)) == list(range(10)) + list(range(10, 30, 2))
+    assert sorted(window_steps(s.sde, 50)) == list(range(11, 20))
+    assert sorted(window_steps(s.time_travel, 50)) == [22, 24, 26, 28]
+    assert sorted(window_steps(s.kv, 50)) == list(range(5, 50))
+    assert sorted(window_steps(preset_schedule(task="appearance").kv, 50)) == list(range(36))
+    d = PRESETS["DragonDiffusion"]
+    assert sorted(window_steps(d.guidance, 50)) == list(range(30)) and d.sde is None and d.time_travel is None
+    # scales with the step count
+    assert sorted(window_steps(s.time_travel, 100)) == list(range(44, 60, 2))
+
+
+def test_guided_x0_matches_official_update_in_vp_coordinates():
+    """The official guided step in diffusers coordinates equals ours in sigma space."""
+    g = torch.Generator().manual_seed(2)
+    x, d, grad_x = (torch.randn(1, 4, 8, 8, generator=g) for _ in range(3))
+    s, sn, kappa, eta = 2.3, 1.7, 0.08, 500.0
+    ours = ddim_step(x, d, s, sn, denoised_guided=guided_x0(d, s, grad_x * 1e-3, kappa, eta))
+    a, an = alpha_bar_from_sigma(s), alpha_bar_from_sigma(sn)
+    z = x * a ** 0.5
+    eps = (x - d) / s
+    grad_z = grad_x * 1e-3 / a ** 0.5  # E(x) = E(z / sqrt(a)) -> grad_z = grad_x * sqrt(1+s^2)
+    eps_t = eps + kappa * eta * grad_z
+    x0 = (z - (1 - a) ** 0.5 * eps_t) / a ** 0.5
+    z_next = an ** 0.5 * x0 + (1 - an) ** 0.5 * eps
+    assert torch.allclose(ours, z_next / an ** 0.5, atol=1e-5)
+
+
+def test_time_travel_rollback_returns_to_z_t(setup):
+    """Rollback after a deterministic step: x' - x = (sigma - sigma') (eps(x', sigma') - eps(x, sigma)).
+
+    That is an identity of the two DDIM formulas; the tolerance is then set by how much the eps prediction
+    changes over one step (a 50-step schedule moves sigma by ~4% around step 22), so the relative error
+    must be small: we assert < 2% of |x|.
+    """
+    unet, cond, _, hooks, sig, tr, m = setup
+    host = DiffusersHost(DiffusersDenoiser(unet, cond, hooks=hooks))
+    i = 22
+    x = tr.latents[i]
+    with torch.no_grad():
+        d = host.denoise_cond(x, sig[i:i + 1])
+        x_next = ddim_step(x, d, sig[i], sig[i + 1])
+        back = time_travel_rollback(host, hooks, x_next, sig[i + 1], sig[i])
+        eps_next = (x_next - host.denoise_cond(x_next, sig[i + 1:i + 2])) / sig[i + 1]
+    eps = (x - d) / sig[i]
+    assert torch.allclose(back - x, (sig[i] - sig[i + 1]) * (eps_next - eps), atol=1e-5)
+    assert float((back - x).norm() / x.norm()) < 0.02
+
+
+class UNetCounter:
+    def __init__(self, unet):
+        self.calls = []
+        self.h = unet.register_forward_pre_hook(lambda mod, args, kw: self.calls.append(args[0].shape[0]),
+                                                with_kwargs=True)
+
+    def close(self):
+        self.h.remove()
+
+
+def test_nfe_of_a_50_step_diffeditor_edit_is_within_the_official_budget(setup):
+    unet, cond, uncond, hooks, sig, tr, m = setup
+    den = DiffusersDenoiser(unet, cond, uncond, cfg=4.0, hooks=hooks)
+    host = DiffusersHost(den)
+    stats = EditStats()
+    counter = UNetCounter(unet)
+    try:
+        out = sample_edit(den, torch.zeros(1, 4, 16, 16), sig, host=host, hooks=hooks, trajectory=tr,
+                          task=ToyTask(m), schedule=preset_schedule("DiffEditor", "move"), seed=42,
+                          stats=stats, disable=True)
+    finally:
+        counter.close()
+    assert torch.isfinite(out).all()
+    # official: 58 CFG forwards (50 + 4x2 extra passes), 28 guidance evaluations, 8 useful re-noise forwards
+    assert stats.cfg_forwards == 58
+    assert stats.guidance_evals == 28 and stats.backward_passes == 56
+    assert stats.renoise_forwards == 8
+    assert stats.reference_forwards == 20  # cached per step: the official recomputes them on every pass (28)
+    cfg_calls = sum(1 for b in counter.calls if b == 2)
+    single = sum(1 for b in counter.calls if b == 1)
+    assert cfg_calls == 58 and single == 28 + 20 + 8  # every UNet forward accounted for
+    # energies were evaluated on every guided pass
+    assert len(stats.energies) == 28
+
+
+def test_dragondiffusion_preset_counts(setup):
+    unet, cond, uncond, hooks, sig, tr, m = setup
+    den = DiffusersDenoiser(unet, cond, uncond, cfg=4.0, hooks=hooks)
+    stats = EditStats()
+    sched = preset_schedule("DragonDiffusion", "move")
+    sig10 = sig  # 50 steps
+    sample_edit(den, torch.zeros(1, 4, 16, 16), sig10, host=DiffusersHost(den), hooks=hooks, trajectory=tr,
+                task=ToyTask(m), schedule=sched, seed=0, stats=stats, disable=True)
+    assert stats.cfg_forwards == 50 and stats.guidance_evals == 30 and stats.renoise_forwards == 0
+
+
+def test_regional_sde_outside_equals_ode_with_the_same_seed(setup):
+    unet, cond, uncond, hooks, sig, tr, m = setup
+    sig12 = ddim_sigmas(12)
+    tr12 = invert(DiffusersDenoiser(unet, cond, hooks=hooks), tr.x0, sig12, hooks=hooks,
+                  bank=KVBank(steps=range(12)), disable=True)
+    den = DiffusersDenoiser(unet, cond, uncond, cfg=3.0, hooks=hooks)
+    host = DiffusersHost(den)
+    anchor = TrajectoryAnchor(tr12, m)
+    common = dict(host=host, hooks=hooks, trajectory=tr12, task=ToyTask(m), seed=3, blend=anchor, disable=True)
+    sde = sample_edit(den, tr12.x0, sig12, schedule=preset_schedule(energy_scale=0.0), **common)
+    ode = sample_edit(den, tr12.x0, sig12, schedule=preset_schedule(energy_scale=0.0, sde=None), **common)
+    assert torch.equal(sde * (1 - m), ode * (1 - m))
+    assert not torch.allclose(sde * m, ode * m)
+
+
+def test_guidance_off_and_no_kv_reconstructs_the_source(setup):
+    """With every mechanism off the edit sampler is plain DDIM from z_T."""
+    unet, cond, _, hooks, sig, tr, m = setup
+    sig20 = ddim_sigmas(20)
+    den = DiffusersDenoiser(unet, cond, hooks=hooks)
+    tr20 = invert(den, tr.x0, sig20, exact_iters=4, disable=True)
+    off = preset_schedule(energy_scale=0.0, sde=None, time_travel=None, kv_mode=None)
+    out = sample_edit(den, tr.x0, sig20, host=DiffusersHost(den), hooks=hooks, trajectory=tr20, task=ToyTask(m),
+                      schedule=off, disable=True)
+    assert float((out - tr.x0).norm() / tr.x0.norm()) < 1e-2
+
+
+def test_missing_bank_is_a_clear_error(setup):
+    unet, cond, _, hooks, sig, tr, m = setup
+    sig5 = ddim_sigmas(5)
+    den = DiffusersDenoiser(unet, cond, hooks=hooks)
+    tr5 = invert(den, tr.x0, sig5, disable=True)
+    with pytest.raises(ValueError, match="no K,V bank"):
+        sample_edit(den, tr.x0, sig5, host=DiffusersHost(den), hooks=hooks, trajectory=tr5, task=ToyTask(m),
+                    disable=True)
+    with pytest.raises(ValueError, match="preset must be one of"):
+        preset_schedule("Nope")
