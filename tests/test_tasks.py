@@ -1,0 +1,240 @@
+"""Edit specs -> feature-grid / latent geometry, start latents, point parsing and validation (CPU, fast)."""
+import pytest
+import torch
+
+from diffeditor.guidance.tasks import (AppearanceSpec, DragSpec, MoveSpec, PasteSpec, build_appearance_geometry,
+                                       build_drag_geometry, build_move_geometry, build_paste_geometry, centroid,
+                                       init_drag_latent, init_latent, init_move_latent, init_paste_latent,
+                                       make_task, parse_points, paste_reference_image, shift_no_wrap, to_grid,
+                                       to_latent)
+
+LAT = (16, 16)  # latent cells -> 128x128 pixels, 32x32 feature grid
+
+
+def box(y0, y1, x0, x1, H=128, W=128):
+    m = torch.zeros(H, W)
+    m[y0:y1, x0:x1] = 1.0
+    return m
+
+
+def grid_centroid_px(m):
+    ys, xs = torch.nonzero(m, as_tuple=True)
+    return (xs.double().mean().item() + 0.5) * 4, (ys.double().mean().item() + 0.5) * 4
+
+
+# ------------------------------------------------------------------------------------------------- move
+def test_moved_mask_equals_shifted_mask_and_source_correspondence():
+    g = build_move_geometry(MoveSpec(box(32, 64, 40, 72), dx=24, dy=-16), LAT)
+    assert g.shift_px == (24, -16)
+    expected = shift_no_wrap(g.m_org, -4, 6)
+    assert torch.equal(g.m_cur, expected)
+    # a pure translation keeps raster order: the j-th moved cell shows the j-th object cell
+    assert torch.equal(g.src_index, torch.nonzero(g.m_org.flatten()).flatten())
+    assert torch.equal(g.m_ovl, g.m_cur & g.m_org)
+    assert torch.equal(g.m_no, g.m_org & ~g.m_cur)
+    assert torch.equal(g.m_other, ~(g.m_org | g.m_cur))
+    assert torch.equal(g.m_ref, g.m_other)
+    assert torch.equal(g.m_edit, to_latent(expected))
+    assert torch.equal(g.sde_mask, torch.maximum(to_latent(expected), to_latent(g.m_org)))
+
+
+def test_displacement_rounds_to_whole_latent_cells_in_one_frame():
+    g = build_move_geometry(MoveSpec(box(32, 64, 40, 72), dx=13, dy=3), LAT)
+    assert g.shift_px == (16, 0)  # 13 px -> 2 latent cells; masks and latent use the same shift
+    assert torch.equal(g.m_cur, shift_no_wrap(g.m_org, 0, 4))
+    z = torch.randn(1, 4, *LAT)
+    out = init_move_latent(z, g)
+    m = g.m_edit[0, 0] > 0
+    assert torch.equal(out[..., m], shift_no_wrap(z, 0, 2)[..., m])
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.5, 2.0])
+def test_resize_about_object_centre_keeps_centroid(scale):
+    mask = box(32, 64, 24, 56)  # off-centre object (centroid (40, 48) px, image centre (64, 64))
+    cx, cy = centroid(mask > 0.5)
+    g = build_move_geometry(MoveSpec(mask, 0, 0, scale=scale), LAT)
+    gx, gy = grid_centroid_px(g.m_cur)
+    assert abs(gx - cx) <= 2.0 and abs(gy - cy) <= 2.0
+    assert abs(g.m_cur.sum().item() / g.m_org.sum().item() - scale ** 2) < 0.25 * scale ** 2
+    assert torch.equal(g.m_tar, g.m_cur)  # no shift: the resized object is where the moved one is
+    # with a shift the centroid moves by exactly the displacement
+    g2 = build_move_geometry(MoveSpec(mask, 32, 16, scale=scale), LAT)
+    gx2, gy2 = grid_centroid_px(g2.m_cur)
+    assert abs(gx2 - gx - 32) < 1e-6 and abs(gy2 - gy - 16) < 1e-6
+
+
+def test_move_off_canvas_raises_naming_dx_dy():
+    with pytest.raises(ValueError, match=r"dx=200.*dy=0"):
+        build_move_geometry(MoveSpec(box(32, 64, 40, 72), dx=200, dy=0), LAT)
+    with pytest.raises(ValueError, match=r"dy=-90"):
+        build_move_geometry(MoveSpec(box(32, 64, 40, 72), dx=0, dy=-90), LAT)
+
+
+def test_no_wrap_around_content_is_cut():
+    g = build_move_geometry(MoveSpec(box(32, 64, 96, 128), dx=16, dy=0), LAT)  # object touches the right edge
+    assert g.m_cur.sum() < g.m_org.sum()  # part of the object left the canvas ...
+    assert not g.m_cur[:, :8].any()  # ... and did not reappear on the left
+    assert g.m_cur[:, 28:].any()
+    z = torch.randn(1, 4, *LAT)
+    out = init_move_latent(z, g)
+    assert torch.equal(out[..., :, :12], z[..., :, :12])
+    m = g.m_edit[0, 0] > 0
+    assert torch.equal(out[..., m], shift_no_wrap(z, 0, 2)[..., m])
+
+
+def test_move_start_latent_pastes_shifted_region_only():
+    g = build_move_geometry(MoveSpec(box(32, 64, 40, 72), dx=-16, dy=24), LAT)
+    z = torch.randn(2, 4, *LAT)
+    out = init_move_latent(z, g)
+    m = g.m_edit[0, 0] > 0
+    assert torch.equal(out[..., ~m], z[..., ~m])
+    # latent rows 4..8 / cols 5..9 of the object moved by (+3 rows, -2 cols)
+    assert torch.equal(out[..., 7:11, 3:7], z[..., 4:8, 5:9])
+
+
+def test_move_resize_start_latent_is_nearest_about_centroid():
+    g = build_move_geometry(MoveSpec(box(32, 64, 32, 64), 0, 0, scale=2.0), LAT)  # centroid (48, 48) px
+    z = torch.arange(16 * 16, dtype=torch.float32).view(1, 1, 16, 16)
+    out = init_move_latent(z, g)
+    # latent cell centred at (44, 44) px comes from (48 + (44-48)/2) = 46 px -> cell 5; (52 -> 50 -> cell 6)
+    assert out[0, 0, 5, 5] == z[0, 0, 5, 5] and out[0, 0, 6, 6] == z[0, 0, 6, 6]
+    assert out[0, 0, 2, 2] == z[0, 0, 4, 4]  # centre 20 px -> 34 px -> cell 4
+    assert g.m_edit[0, 0, 2:10, 2:10].all()
+
+
+def test_move_reference_mask_and_validation():
+    g = build_move_geometry(MoveSpec(box(32, 64, 40, 72), 16, 0, ref_mask=box(0, 16, 0, 128)), LAT)
+    assert torch.equal(g.m_ref, to_grid(box(0, 16, 0, 128) > 0.5))
+    with pytest.raises(ValueError, match="move mask is empty"):
+        build_move_geometry(MoveSpec(torch.zeros(128, 128), 8, 0), LAT)
+    with pytest.raises(ValueError, match=r"move mask is 64x128 pixels.*128x128"):
+        build_move_geometry(MoveSpec(torch.ones(128, 64), 8, 0), LAT)
+    with pytest.raises(ValueError, match="scale"):
+        build_move_geometry(MoveSpec(box(32, 64, 40, 72), 8, 0, scale=0), LAT)
+    with pytest.raises(ValueError, match="too small"):
+        build_move_geometry(MoveSpec(box(33, 34, 33, 34), 8, 0), LAT)
+    with pytest.raises(ValueError, match="move reference mask is empty"):
+        build_move_geometry(MoveSpec(box(32, 64, 40, 72), 8, 0, ref_mask=torch.zeros(128, 128)), LAT)
+    g = build_move_geometry(MoveSpec(box(32, 64, 40, 72)[None], 8, 0), LAT)  # ComfyUI MASK [1, H, W]
+    with pytest.raises(ValueError, match=r"z_T is \(8, 8\)"):
+        init_move_latent(torch.randn(1, 4, 8, 8), g)
+
+
+# ------------------------------------------------------------------------------------------------- drag
+def test_drag_x_clipped_with_width_on_wide_image():
+    lat = (8, 32)  # 64 x 256 pixels, feature grid 16 x 64
+    g = build_drag_geometry(DragSpec([((250.0, 10.0), (100.0, 62.0))]), lat)
+    h_rows, h_cols = g.handle_index[0] // 64, g.handle_index[0] % 64
+    assert h_cols.tolist() == [61, 62, 63] * 3  # clipped to gw - 2 = 62 (the official bug gives gh - 2 = 14)
+    assert h_rows.tolist() == [1] * 3 + [2] * 3 + [3] * 3
+    t_rows, t_cols = g.target_index[0] // 64, g.target_index[0] % 64
+    assert sorted(set(t_rows.tolist())) == [13, 14, 15]  # y clipped with the height
+    assert sorted(set(t_cols.tolist())) == [24, 25, 26]
+    assert g.latent_handle.tolist() == [[1, 30]] and g.latent_target.tolist() == [[6, 12]]
+    # tall image: y clipped with the height (gh - 2), x with the width
+    g2 = build_drag_geometry(DragSpec([((60.0, 250.0), (4.0, 4.0))]), (32, 8))
+    rows, cols = g2.handle_index[0] // 16, g2.handle_index[0] % 16
+    assert sorted(set(rows.tolist())) == [61, 62, 63] and sorted(set(cols.tolist())) == [13, 14, 15]
+
+
+def test_drag_start_latent_copies_handle_patch_to_target():
+    g = build_drag_geometry(DragSpec([((20.0, 20.0), (90.0, 60.0)), ((100.0, 100.0), (100.0, 30.0))]), LAT)
+    z = torch.randn(1, 4, *LAT)
+    out = init_drag_latent(z, g)
+    assert g.latent_handle.tolist() == [[2, 2], [12, 12]] and g.latent_target.tolist() == [[7, 11], [3, 12]]
+    assert torch.equal(out[..., 6:9, 10:13], z[..., 1:4, 1:4])
+    assert torch.equal(out[..., 2:5, 11:14], z[..., 11:14, 11:14])
+    keep = torch.ones(*LAT, dtype=torch.bool)
+    keep[6:9, 10:13] = False
+    keep[2:5, 11:14] = False
+    assert torch.equal(out[..., keep], z[..., keep])
+
+
+def test_drag_masks():
+    g = build_drag_geometry(DragSpec([((20.0, 20.0), (40.0, 20.0))], mask=box(0, 64, 0, 64)), LAT)
+    assert g.m_editable[:16, :16].all() and not g.m_editable[16:].any() and not g.m_editable[:, 16:].any()
+    assert torch.equal(g.m_other, ~g.m_editable)
+    assert torch.equal(g.m_edit, g.sde_mask) and g.m_edit.sum() == 64
+    assert g.patch_mask("handle").sum() == 9 and g.patch_mask("target").sum() == 9
+    g0 = build_drag_geometry(DragSpec([((20.0, 20.0), (40.0, 20.0))]), LAT)
+    assert g0.m_edit.all() and not g0.m_other.any()
+    with pytest.raises(ValueError, match="outside the 128x128 image"):
+        build_drag_geometry(DragSpec([((20.0, 20.0), (128.0, 20.0))]), LAT)
+    with pytest.raises(ValueError, match="empty"):
+        build_drag_geometry(DragSpec([]), LAT)
+
+
+# ------------------------------------------------------------------------------------------ parse_points
+def test_parse_points_ok_and_errors():
+    assert parse_points(" 10,20 -> 30,40 ;(1.5, 2)->(3,4)\n5,6->7,8 ", 64, 64) == [
+        ((10.0, 20.0), (30.0, 40.0)), ((1.5, 2.0), (3.0, 4.0)), ((5.0, 6.0), (7.0, 8.0))]
+    for bad in ["10,20", "10,20->30", "a,b->c,d", "10 20 -> 30 40", "1,2->3,4; 5,6=>7,8", ""]:
+        with pytest.raises(ValueError, match="points"):
+            parse_points(bad, 64, 64)
+    with pytest.raises(ValueError, match=r"pair 2 target \(64, 3\) lies outside the 64x64 image"):
+        parse_points("1,2->3,4; 1,2->64,3", 64, 64)
+    with pytest.raises(ValueError, match="outside"):
+        parse_points("-1,2->3,4", 64, 64)
+    assert parse_points("100,2->3,4") == [((100.0, 2.0), (3.0, 4.0))]  # no size: no bounds check
+    with pytest.raises(ValueError, match="handle equal to its target"):
+        parse_points("5,5->5,5")
+
+
+# ------------------------------------------------------------------------------------- appearance/paste
+def test_appearance_geometry():
+    g = build_appearance_geometry(AppearanceSpec(box(32, 64, 32, 64), box(64, 128, 0, 64)), LAT)
+    assert torch.equal(g.m_b, to_grid(box(32, 64, 32, 64) > 0.5))
+    assert torch.equal(g.m_r, to_grid(box(64, 128, 0, 64) > 0.5))
+    assert torch.equal(g.m_edit, to_latent(g.m_b)) and torch.equal(g.sde_mask, g.m_edit)
+    assert torch.equal(g.ref_mask_latent, to_latent(g.m_r))
+    z = torch.randn(1, 4, *LAT)
+    out = init_latent(g, z)
+    assert torch.equal(out, z) and out is not z
+    with pytest.raises(ValueError, match="appearance reference mask"):
+        build_appearance_geometry(AppearanceSpec(box(32, 64, 32, 64), torch.ones(64, 64)), LAT)
+
+
+def test_paste_geometry_and_start_latent():
+    g = build_paste_geometry(PasteSpec(box(16, 48, 16, 48), dx=40, dy=64), LAT)
+    assert g.shift_px == (40, 64)
+    assert torch.equal(g.m_b, shift_no_wrap(to_grid(box(16, 48, 16, 48) > 0.5), 16, 10))
+    assert torch.equal(g.m_r, shift_no_wrap(g.m_b, -16, -10))
+    assert g.m_b.sum() == g.m_r.sum()
+    z, zr = torch.randn(1, 4, *LAT), torch.randn(1, 4, *LAT)
+    out = init_paste_latent(z, zr, g)
+    m = g.m_edit[0, 0] > 0
+    assert torch.equal(out[..., ~m], z[..., ~m])
+    assert torch.equal(out[..., 10:14, 7:11], zr[..., 2:6, 2:6])
+    # cut at the border, no wrap; m_r keeps only the cells that landed
+    g2 = build_paste_geometry(PasteSpec(box(16, 48, 16, 48), dx=96, dy=0), LAT)
+    assert g2.m_b.sum() == g2.m_r.sum() < to_grid(box(16, 48, 16, 48) > 0.5).sum()
+    assert not g2.m_b[:, :20].any()
+    with pytest.raises(ValueError, match=r"dx=200"):
+        build_paste_geometry(PasteSpec(box(16, 48, 16, 48), dx=200, dy=0), LAT)
+    with pytest.raises(ValueError, match="ref_z_T"):
+        init_paste_latent(z, None, g)
+
+
+def test_paste_scale_about_object_centre_and_reference_image():
+    mask = box(16, 48, 16, 48)
+    g = build_paste_geometry(PasteSpec(mask, dx=0, dy=0, scale=0.5), LAT)
+    assert g.m_r.sum() == 16 and g.m_r[6:10, 6:10].all()  # 32 px object -> 16 px about (32, 32)
+    img = torch.zeros(1, 1, 128, 128)
+    img[..., 16:48, 16:48] = 1.0
+    out = paste_reference_image(img, g)
+    assert out[0, 0, 26:38, 26:38].min() > 0.99 and out[0, 0, :22].abs().max() < 1e-6
+    assert paste_reference_image(img, build_paste_geometry(PasteSpec(mask), LAT)) is img
+
+
+# ------------------------------------------------------------------------------------------- task object
+def test_make_task_protocol_and_weights():
+    t = make_task(MoveSpec(box(32, 64, 40, 72), 16, 0), torch.zeros(1, 4, *LAT), w_inpaint=0.5)
+    assert t.weights == dict(w_edit=4.0, w_content=6.0, w_contrast=0.2, w_inpaint=0.5)
+    assert t.edit_mask.shape == (1, 1, *LAT) and t.sde_mask.shape == (1, 1, *LAT)
+    assert t.reference is None and t.ref_mask_latent is None and t.edit_first
+    with pytest.raises(ValueError, match=r"not \['w_contrast'\]"):
+        make_task(PasteSpec(box(16, 48, 16, 48)), LAT, w_contrast=1.0)
+    with pytest.raises(ValueError, match="w_edit"):
+        make_task(PasteSpec(box(16, 48, 16, 48)), LAT, w_edit=-1.0)
+    ta = make_task(AppearanceSpec(box(32, 64, 32, 64), box(0, 32, 0, 32)), LAT)
+    assert not ta.edit_first and torch.equal(ta.ref_mask_latent, ta.geometry.m_r_latent)
