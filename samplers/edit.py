@@ -25,6 +25,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import trange
 
+from ..guidance.regional import guided_denoised, regional_gradient
 from .blend import TrajectoryAnchor
 from .ddim import ddim_step
 from .hooks import EditHooks, EditHost, KVInjection, default_feature_levels
@@ -40,6 +41,7 @@ class EditTask(Protocol):
     edit_mask: torch.Tensor  # [1,1,h,w] latent resolution, 1 = edit region (m_edit)
     sde_mask: torch.Tensor  # [1,1,h,w] region where the regional SDE applies
     reference: EditTrajectory | None  # second image (appearance / paste)
+    ref_mask_latent: torch.Tensor | None  # composite K,V: region of the reference image (appearance / paste)
 
     def energy(self, feats: dict, ref_feats: dict, ref2_feats: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(E_edit, E_content) scalars; ``feats`` carry gradient."""
@@ -117,41 +119,24 @@ class EditStats:
         return d
 
 
-def guided_x0(denoised: torch.Tensor, sigma, grad_x: torch.Tensor, kappa: float, energy_scale: float):
-    """x0 estimate corrected by an energy gradient taken w.r.t. the sigma-space latent ``x``.
-
-    Official (diffusers coordinates z = x / sqrt(1+sigma^2)): eps~ = eps_cfg + g, g = kappa*eta*grad_z E, and
-    x0 = (z - sqrt(1-a) eps~)/sqrt(a). In sigma space x0 = x - sigma*eps, so the correction is
-    -sigma*g with grad_z E = sqrt(1+sigma^2) grad_x E.
-    """
-    s = float(sigma)
-    return denoised - s * kappa * energy_scale * (1.0 + s * s) ** 0.5 * grad_x
-
-
 def energy_gradient(host: EditHost, task: EditTask, x: torch.Tensor, sigma, levels, ref_feats, ref2_feats,
                     regional: bool, stats: EditStats | None = None):
-    """Regional energy gradient w.r.t. ``x``: grad E_edit inside ``task.edit_mask``, grad E_content outside.
+    """Regional energy gradient w.r.t. the sigma-space latent ``x`` (one feature forward, two backward passes).
 
-    With ``regional=False`` both gradients apply everywhere (the "global guidance" ablation).
-    Returns ``(grad, (E_edit, E_content))``.
+    Returns ``(grad_x, (E_edit, E_content))``; scale it with :func:`guided_denoised`.
     """
     with host.grad_context():
         xg = x.detach().clone().requires_grad_(True)
         feats = host.features(xg, sigma, levels)
         e_edit, e_con = task.energy(feats, ref_feats, ref2_feats)
-        need_edit, need_con = e_edit.requires_grad, e_con.requires_grad
-        g_edit = torch.autograd.grad(e_edit, xg, retain_graph=need_con)[0] if need_edit else torch.zeros_like(xg)
-        g_con = torch.autograd.grad(e_con, xg)[0] if need_con else torch.zeros_like(xg)
+        live = int(e_edit.requires_grad) + int(e_con.requires_grad)
+        _, _, grad = regional_gradient(xg, e_edit, e_con, task.edit_mask, regional,
+                                       edit_first=getattr(task, "edit_first", True))
     if stats is not None:
         stats.feature_forwards += 1
         stats.guidance_evals += 1
-        stats.backward_passes += int(need_edit) + int(need_con)
-    if regional:
-        m = task.edit_mask.to(device=x.device, dtype=x.dtype)
-        grad = g_edit * m + g_con * (1 - m)
-    else:
-        grad = g_edit + g_con
-    return grad.detach(), (float(e_edit), float(e_con))
+        stats.backward_passes += live
+    return grad, (float(e_edit), float(e_con))
 
 
 @torch.no_grad()
@@ -210,7 +195,7 @@ def sample_edit(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                     grad, energies = energy_gradient(host, task, x, sigma * s_in, levels, ref_feats, ref2_feats,
                                                      schedule.regional, stats)
                     stats.energies.append((i, r) + energies)
-                    x0 = guided_x0(denoised, sigma, grad, schedule.kappa, schedule.energy_scale)
+                    x0 = guided_denoised(denoised, sigma, grad, schedule.kappa, schedule.energy_scale)
                 eta = 0.0
                 if i in sde_steps and noise is not None:
                     eta = regional_eta(schedule.eta_in, schedule.eta_out, task.sde_mask, x)
@@ -263,5 +248,5 @@ def _injection(schedule: EditSchedule, trajectory: EditTrajectory, task: EditTas
         if ref is None or ref.bank is None:
             raise ValueError("composite visual cross-attention needs a reference trajectory with a K,V bank")
         return KVInjection("composite", trajectory.bank, steps, ref_bank=ref.bank,
-                           src_mask=task.edit_mask, ref_mask=getattr(task, "ref_mask_latent", task.edit_mask))
+                           src_mask=task.edit_mask, ref_mask=task.ref_mask_latent)
     return KVInjection(schedule.kv_mode, trajectory.bank, steps)
