@@ -70,6 +70,8 @@ def inversion_step(model_eps, x: torch.Tensor, sigma, sigma_next, exact_iters: i
     the mirror of the sampling step only approximately. ``exact_iters > 0`` refines ``x'`` by fixed-point
     iteration of ``x' = x + (sigma_next - sigma) * eps(x', sigma_next)``, whose fixed point is exactly the
     latent that the deterministic sampling step maps back to ``x``. Each iteration costs one model call.
+    The iteration contracts when ``|sigma_next - sigma| * Lip(eps) < 1`` (smooth trained models, fine
+    schedules); the residuals are returned and stored in the trajectory so a non-converged step is visible.
 
     Returns ``(x_next, eps_used, iterations_run, residual)``.
     """
