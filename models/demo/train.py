@@ -1,0 +1,221 @@
+"""Train the demo model on generated scenes (CLI).
+
+Stage 1 trains the autoencoder (L1 + L2 reconstruction of a posterior sample + a tiny KL), then sets the
+VAE's ``scaling_factor`` to ``1 / std(latents)``. Stage 2 trains the UNet and the text encoder jointly with
+the epsilon loss on scaled latents (the VAE frozen), dropping 10% of captions to the empty prompt (for
+classifier-free guidance), with an EMA of the weights that is what gets saved.
+
+    python -m diffeditor.models.demo.train --seed 0 --steps 50 --out out/demo          # (package import)
+    python models/demo/train.py --seed 0 --vae-steps 4000 --unet-steps 20000 --out out/demo   # by path
+
+Writes ``config.json`` + ``vae/unet/text_encoder.safetensors`` (see ``load.py``) and ``model_card.json``
+(arguments, parameter counts, loss curves, measured seconds per step, versions). ``--init DIR`` starts
+from a saved model (e.g. ``--vae-steps 0`` to train only the UNet on a trained VAE).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+if __package__ in (None, ""):  # run by path: load the pack as ``diffeditor`` (the repo root is the package)
+    import importlib.util
+
+    _root = pathlib.Path(__file__).resolve().parents[2]
+    if "diffeditor" not in sys.modules:
+        _spec = importlib.util.spec_from_file_location("diffeditor", _root / "__init__.py",
+                                                       submodule_search_locations=[str(_root)])
+        _mod = importlib.util.module_from_spec(_spec)
+        sys.modules["diffeditor"] = _mod
+        _spec.loader.exec_module(_mod)
+    __package__ = "diffeditor.models.demo"
+
+from ...bench.scenes import make_scene  # noqa: E402
+from .load import build_random, load_demo, save_demo  # noqa: E402
+
+
+def scene_batch(rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list[str]]:
+    """``([B, 3, 64, 64]`` images in ``-1..1``, captions) of freshly generated scenes."""
+    scenes = [make_scene(int(rng.integers(2 ** 62))) for _ in range(batch)]
+    x = torch.from_numpy(np.stack([s.image() for s in scenes])).permute(0, 3, 1, 2).contiguous()
+    return x * 2 - 1, [s.caption() for s in scenes]
+
+
+def _params(m) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+class _Timer:
+    def __init__(self):
+        self.data = self.step = 0.0
+        self.n = 0
+
+    def summary(self) -> dict:
+        n = max(self.n, 1)
+        return {"steps": self.n, "s_per_step": (self.data + self.step) / n, "data_s_per_step": self.data / n,
+                "compute_s_per_step": self.step / n}
+
+
+def train_vae(vae, steps: int, rng, batch: int, lr: float, kl_weight: float, device, log_every: int, log) -> dict:
+    vae.train().to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    curve, timer = [], _Timer()
+    for step in range(steps):
+        t0 = time.perf_counter()
+        x, _ = scene_batch(rng, batch)
+        x = x.to(device)
+        t1 = time.perf_counter()
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        l1, l2 = F.l1_loss(rec, x), F.mse_loss(rec, x)
+        kl = post.kl().mean() / post.mean[0].numel()  # per latent element
+        loss = l1 + l2 + kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        timer.data += t1 - t0
+        timer.step += t2 - t1
+        timer.n += 1
+        if step % log_every == 0 or step == steps - 1:
+            row = {"step": step, "loss": loss.item(), "l1": l1.item(), "l2": l2.item(), "kl": kl.item()}
+            curve.append(row)
+            log(f"vae  {step:6d}  loss {row['loss']:.4f}  l1 {row['l1']:.4f}  l2 {row['l2']:.4f}  kl {row['kl']:.3f}"
+                f"  {(timer.data + timer.step) / timer.n:.3f} s/step")
+    vae.eval()
+    return {"curve": curve, **timer.summary()}
+
+
+@torch.no_grad()
+def latent_scale(vae, rng, batch: int, device, batches: int = 8) -> float:
+    zs = [vae.encode(scene_batch(rng, batch)[0].to(device)).latent_dist.sample() for _ in range(batches)]
+    return float(1.0 / torch.cat(zs).float().std())
+
+
+@torch.no_grad()
+def _ema_update(ema, model, decay: float) -> None:
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(p.detach(), 1 - decay)
+
+
+def train_unet(vae, unet, text_encoder, tokenizer, alphas_cumprod, steps: int, rng, batch: int, lr: float,
+               device, log_every: int, log, uncond_p: float = 0.1, ema_decay: float = 0.999,
+               gen: torch.Generator | None = None) -> tuple[dict, torch.nn.Module, torch.nn.Module]:
+    vae.eval().to(device).requires_grad_(False)
+    unet.train().to(device)
+    text_encoder.train().to(device)
+    ema_u, ema_t = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    ac = alphas_cumprod.to(device=device, dtype=torch.float32)
+    sf = float(vae.config.scaling_factor)
+    curve, timer = [], _Timer()
+    for step in range(steps):
+        t0 = time.perf_counter()
+        x, caps = scene_batch(rng, batch)
+        caps = ["" if rng.random() < uncond_p else c for c in caps]
+        ids = tokenizer(caps).to(device)
+        x = x.to(device)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=None) * sf
+        t = torch.randint(0, len(ac), (batch,), device=device, generator=gen)
+        noise = torch.randn(z.shape, device=device, generator=gen)
+        a = ac[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z + (1 - a).sqrt() * noise
+        pred = unet(zt, t, text_encoder(ids)).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        d = min(ema_decay, (1 + step) / (10 + step))  # warm-up of the EMA
+        _ema_update(ema_u, unet, d)
+        _ema_update(ema_t, text_encoder, d)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        timer.data += t1 - t0
+        timer.step += t2 - t1
+        timer.n += 1
+        if step % log_every == 0 or step == steps - 1:
+            curve.append({"step": step, "loss": loss.item()})
+            log(f"unet {step:6d}  eps loss {loss.item():.4f}  {(timer.data + timer.step) / timer.n:.3f} s/step")
+    return {"curve": curve, **timer.summary()}, ema_u, ema_t
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=50, help="steps of each stage unless --vae-steps/--unet-steps")
+    p.add_argument("--vae-steps", type=int, default=None)
+    p.add_argument("--unet-steps", type=int, default=None)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--unet-lr", type=float, default=3e-4)
+    p.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the per-element KL (tiny)")
+    p.add_argument("--uncond-p", type=float, default=0.1)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--init", default=None, help="start from a saved demo model folder")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    vae_steps = a.steps if a.vae_steps is None else a.vae_steps
+    unet_steps = a.steps if a.unet_steps is None else a.unet_steps
+    device = torch.device(a.device)
+    torch.manual_seed(a.seed)
+    rng = np.random.default_rng(a.seed)
+    gen = torch.Generator(device=device).manual_seed(a.seed + 1)
+    if a.init:
+        vae, unet, te, tok, ac = load_demo(a.init)
+    else:
+        vae, unet, te, tok, ac = build_random(a.seed)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    log(f"params: vae {_params(vae):,}  unet {_params(unet):,}  text {_params(te):,}  threads {torch.get_num_threads()}")
+    t_start = time.perf_counter()
+    card: dict = {"args": vars(a), "params": {"vae": _params(vae), "unet": _params(unet), "text_encoder": _params(te)}}
+    if vae_steps > 0:
+        card["vae"] = train_vae(vae, vae_steps, rng, a.batch, a.vae_lr, a.kl_weight, device, a.log_every, log)
+        vae.register_to_config(scaling_factor=latent_scale(vae, rng, a.batch, device))
+        log(f"vae scaling_factor {vae.config.scaling_factor:.4f}")
+    if unet_steps > 0:
+        card["unet"], unet, te = train_unet(vae, unet, te, tok, ac, unet_steps, rng, a.batch, a.unet_lr, device,
+                                            a.log_every, log, a.uncond_p, a.ema, gen)
+    card["scaling_factor"] = float(vae.config.scaling_factor)
+    card["total_s"] = time.perf_counter() - t_start
+    import diffusers
+
+    card["versions"] = {"torch": torch.__version__, "diffusers": diffusers.__version__, "numpy": np.__version__}
+    out = pathlib.Path(a.out)
+    save_demo(out, vae.cpu(), unet.cpu(), te.cpu(), tok, extra={"trained": {
+        "vae_steps": vae_steps, "unet_steps": unet_steps, "seed": a.seed}})
+    (out / "model_card.json").write_text(json.dumps(card, indent=2))
+    for stage in ("vae", "unet"):
+        if stage in card:
+            s = card[stage]
+            log(f"{stage}: {s['steps']} steps, {s['s_per_step']:.3f} s/step "
+                f"(data {s['data_s_per_step']:.3f}, compute {s['compute_s_per_step']:.3f}), "
+                f"final loss {s['curve'][-1]['loss']:.4f}")
+    log(f"saved to {out}")
+    return card
+
+
+if __name__ == "__main__":
+    main()
