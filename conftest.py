@@ -20,9 +20,7 @@ if os.environ.get("COMFYUI_ROOT"):
 
     comfy_bootstrap.setup()
 
-if "diffeditor" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location(
-        "diffeditor", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    _mod = importlib.util.module_from_spec(_spec)
-    sys.modules["diffeditor"] = _mod
-    _spec.loader.exec_module(_mod)
+_spec = importlib.util.spec_from_file_location("diffeditor_pack_loader", ROOT / "pack_loader.py")
+_loader = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_loader)
+_loader.load("diffeditor")

@@ -26,15 +26,10 @@ import torch
 import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run by path: load the pack as ``diffeditor`` (the repo root is the package)
-    import importlib.util
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+    import pack_loader
 
-    _root = pathlib.Path(__file__).resolve().parents[2]
-    if "diffeditor" not in sys.modules:
-        _spec = importlib.util.spec_from_file_location("diffeditor", _root / "__init__.py",
-                                                       submodule_search_locations=[str(_root)])
-        _mod = importlib.util.module_from_spec(_spec)
-        sys.modules["diffeditor"] = _mod
-        _spec.loader.exec_module(_mod)
+    pack_loader.load("diffeditor")
     __package__ = "diffeditor.models.demo"
 
 from ...bench.scenes import make_scene  # noqa: E402
