@@ -1,0 +1,11 @@
+"""ComfyUI nodes (V3 schema). Thin: schema, validation, conversion and one engine call each.
+
+``NODE_LIST`` is read by the package ``__init__`` and registered through ``NODE_CLASS_MAPPINGS``.
+"""
+from .common import EDIT_TRAJECTORY, EditTrajectoryType
+from .inversion import DiffEditorInvert, DiffEditorReconstruct
+from .sampler import DiffEditorMaskedBlend, DiffEditorSampler
+
+NODE_LIST = [DiffEditorInvert, DiffEditorReconstruct, DiffEditorSampler, DiffEditorMaskedBlend]
+
+__all__ = ["NODE_LIST", "EDIT_TRAJECTORY", "EditTrajectoryType"]

@@ -1,0 +1,99 @@
+"""Shared node plumbing: the custom socket type, input validation and conversions (no math)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from comfy_api.latest import io
+
+import comfy.utils
+
+from ..samplers.trajectory import EditTrajectory
+
+CATEGORY = "DiffEditor"
+
+#: An inverted trajectory (every latent of a DDIM inversion, its sigmas, model identity, optional K,V bank).
+EditTrajectoryType = io.Custom("DIFFEDITOR_TRAJECTORY")
+EDIT_TRAJECTORY = EditTrajectoryType
+
+
+def latent_samples(latent, name: str = "latent") -> torch.Tensor:
+    """``latent["samples"]`` after checking it is a finite ``[B, C, H, W]`` tensor."""
+    if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
+        raise ValueError(f"{name}: expected a LATENT (a dict with a 'samples' tensor), got {type(latent).__name__}")
+    s = latent["samples"]
+    if s.ndim != 4:
+        raise ValueError(f"{name}: expected an image latent [batch, channels, height, width], got shape "
+                         f"{tuple(s.shape)} (video/audio latents are not supported)")
+    if s.shape[0] < 1 or s.shape[-1] < 1 or s.shape[-2] < 1:
+        raise ValueError(f"{name}: the latent is empty (shape {tuple(s.shape)})")
+    if not torch.isfinite(s).all():
+        raise ValueError(f"{name}: the latent contains NaN or infinite values; check the VAE encode or the "
+                         "sampler that produced it")
+    return s
+
+
+def check_conditioning(cond, name: str) -> None:
+    if not isinstance(cond, list) or len(cond) == 0:
+        raise ValueError(f"{name}: expected a CONDITIONING (a non-empty list of [tensor, options]), got "
+                         f"{type(cond).__name__}")
+    for item in cond:
+        if not isinstance(item, (list, tuple)) or not item or not isinstance(item[0], torch.Tensor):
+            raise ValueError(f"{name}: malformed CONDITIONING entry; connect the output of a text encode node")
+        if not torch.isfinite(item[0]).all():
+            raise ValueError(f"{name}: the conditioning contains NaN or infinite values")
+
+
+def check_trajectory(trajectory, name: str = "trajectory") -> EditTrajectory:
+    if not isinstance(trajectory, EditTrajectory):
+        raise ValueError(f"{name}: expected an EDIT_TRAJECTORY from DiffEditor Invert, got {type(trajectory).__name__}")
+    return trajectory
+
+
+def check_mask(mask, name: str = "mask") -> torch.Tensor:
+    """A finite, non-empty MASK (``[H, W]`` or ``[B, H, W]``, 1 = region)."""
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"{name}: expected a MASK tensor, got {type(mask).__name__}")
+    if mask.ndim not in (2, 3) or mask.shape[-1] < 1 or mask.shape[-2] < 1:
+        raise ValueError(f"{name}: expected a MASK of shape [height, width] or [batch, height, width], got "
+                         f"{tuple(mask.shape)}")
+    if not torch.isfinite(mask).all():
+        raise ValueError(f"{name}: the mask contains NaN or infinite values")
+    if float(mask.max()) <= 0:
+        raise ValueError(f"{name}: the mask is empty (all zeros); paint the region to edit (white = 1)")
+    return mask
+
+
+def check_finite(value: float, name: str, lo: float | None = None, hi: float | None = None) -> float:
+    v = float(value)
+    if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f" in [{lo}, {hi}]" if lo is not None and hi is not None else ""
+        raise ValueError(f"{name}: expected a finite number{rng}, got {value}")
+    return v
+
+
+def check_window(start: float, end: float, start_name: str, end_name: str) -> None:
+    check_finite(start, start_name, 0.0, 1.0)
+    check_finite(end, end_name, 0.0, 1.0)
+    if start >= end:
+        raise ValueError(f"{start_name} ({start}) must be smaller than {end_name} ({end})")
+
+
+def plain_conditioning(cond):
+    """A copy of a CONDITIONING with its tensors cloned (call outside inference mode: normal tensors)."""
+    out = []
+    for item in cond:
+        opts = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in item[1].items()}
+        out.append([item[0].clone(), opts])
+    return out
+
+
+def progress_callback(model, steps: int):
+    """The standard ComfyUI sampling callback (progress bar, interruption via the hook, latent preview)."""
+    import latent_preview
+
+    return latent_preview.prepare_callback(model, steps)
+
+
+def disable_pbar() -> bool:
+    return not comfy.utils.PROGRESS_BAR_ENABLED

@@ -1,0 +1,171 @@
+"""DiffEditor Invert and DiffEditor Reconstruct."""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+
+from ..adapters.comfy_adapter import check_supported, cond_fingerprint, make_sampler, model_id
+from ..samplers.hooks import KVBank
+from ..samplers.inversion import invert
+from ..samplers.sampling import sample_diffeditor
+from ..samplers.schedule import StepWindow
+from .common import (CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_trajectory,
+                     check_window, disable_pbar, latent_samples, plain_conditioning, progress_callback)
+
+
+class DiffEditorInvert(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffEditorInvert",
+            display_name="DiffEditor Invert",
+            category=f"{CATEGORY}/inversion",
+            description="Deterministic DDIM inversion of a latent: records every intermediate latent (and optionally "
+                        "the decoder self-attention K,V) as an EDIT_TRAJECTORY for reconstruction and editing.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL eps-prediction UNet)."),
+                io.Conditioning.Input("positive", tooltip="Prompt describing the source image (used for inversion)."),
+                io.Conditioning.Input("negative", tooltip="Negative prompt; only used when cfg is not 1."),
+                io.Latent.Input("latent", tooltip="The VAE-encoded source image to invert."),
+                io.Int.Input("steps", default=50, min=1, max=1000,
+                             tooltip="Number of DDIM steps; editing must later use the same steps and scheduler."),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="ddim_uniform",
+                               tooltip="Noise schedule; ddim_uniform reproduces DDIM's timesteps (981, 961, ..., 1 "
+                                       "for 50 steps)."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance during inversion; 1 (conditional only) inverts "
+                                       "most faithfully."),
+                io.Boolean.Input("exact", default=False,
+                                 tooltip="Refine every inversion step by fixed-point iteration so that the "
+                                         "deterministic sampler reproduces the source almost exactly (more "
+                                         "model calls)."),
+                io.Int.Input("exact_iters", default=3, min=1, max=50,
+                             tooltip="Maximum fixed-point iterations per step when exact is on (one model call "
+                                     "each)."),
+                io.Boolean.Input("record_kv_bank", default=False,
+                                 tooltip="Record the decoder self-attention K,V of the inversion (memory bank for "
+                                         "visual cross-attention in editing)."),
+                io.Float.Input("bank_start", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="First editing step to record K,V for, as a fraction of the steps "
+                                       "(0 = noisiest)."),
+                io.Float.Input("bank_end", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="End (exclusive) of the recorded steps, as a fraction of the steps."),
+                io.Float.Input("kv_budget_mb", default=4096.0, min=1.0, max=262144.0, step=64.0,
+                               tooltip="Maximum size of the K,V bank in MiB (fp16, stored on the offload "
+                                       "device); the node fails with the needed size if it is exceeded."),
+            ],
+            outputs=[
+                EditTrajectoryType.Output("trajectory", display_name="trajectory",
+                                          tooltip="Every latent of the inversion, its sigmas, the model identity "
+                                                  "and the optional K,V bank."),
+                io.Latent.Output("inverted", display_name="inverted",
+                                 tooltip="The inverted noise latent z_T (raw latent space). Regenerate with a core "
+                                         "sampler using add_noise off and the same steps/scheduler."),
+                io.Sigmas.Output("sigmas", display_name="sigmas",
+                                 tooltip="The sampling sigmas the trajectory belongs to (descending, ending at 0); "
+                                         "connect to SamplerCustomAdvanced."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent, steps, scheduler="ddim_uniform", cfg=1.0, exact=False,
+                exact_iters=3, record_kv_bank=False, bank_start=0.0, bank_end=1.0,
+                kv_budget_mb=4096.0) -> io.NodeOutput:
+        check_supported(model, "model")
+        check_conditioning(positive, "positive")
+        check_conditioning(negative, "negative")
+        samples = latent_samples(latent, "latent")
+        steps = int(steps)
+        if steps < 1:
+            raise ValueError(f"steps: expected at least 1 step, got {steps}")
+        if scheduler not in comfy.samplers.SCHEDULER_NAMES:
+            raise ValueError(f"scheduler: expected one of {list(comfy.samplers.SCHEDULER_NAMES)}, got {scheduler!r}")
+        cfg = check_finite(cfg, "cfg", 0.0, 100.0)
+        iters = int(exact_iters) if exact else 0
+        if exact and iters < 1:
+            raise ValueError(f"exact_iters: expected at least 1 iteration when exact is on, got {exact_iters}")
+        bank = None
+        if record_kv_bank:
+            check_window(bank_start, bank_end, "bank_start", "bank_end")
+            budget = check_finite(kv_budget_mb, "kv_budget_mb", 1e-6, None)
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+        n = sigmas.shape[0] - 1  # some schedulers (ddim_uniform) give more steps than asked for
+        if n < 1:
+            raise ValueError(f"scheduler: {scheduler} with {steps} steps gives no sampling step")
+        if record_kv_bank:
+            bank_steps = StepWindow(float(bank_start), float(bank_end)).indices(n)
+            if not bank_steps:
+                raise ValueError(f"bank_start/bank_end: the window [{bank_start}, {bank_end}) selects no step of "
+                                 f"{n}; widen it")
+            bank = KVBank(steps=bank_steps, device=comfy.model_management.intermediate_device(),
+                          byte_budget=int(budget * 2 ** 20))
+        mid = model_id(model)
+        cfp = cond_fingerprint(positive, negative)
+        holder = {}
+
+        def engine(model_k, x, sig, extra_args=None, callback=None, disable=None, hooks=None, host=None):
+            traj = invert(model_k, x, sig, extra_args, model_id=mid, cond_fingerprint=cfp, cfg=cfg,
+                          exact_iters=iters, hooks=hooks, bank=bank, callback=callback, disable=disable,
+                          interrupt=host.check_interrupt)
+            holder["trajectory"] = traj
+            return traj.z_T
+
+        with torch.inference_mode(False):
+            x0 = samples.clone()
+            out = comfy.sample.sample_custom(
+                model, torch.zeros_like(x0), cfg, make_sampler(engine), sigmas, plain_conditioning(positive),
+                plain_conditioning(negative), x0, noise_mask=None, callback=progress_callback(model, n),
+                disable_pbar=disable_pbar(), seed=0)
+        traj = holder["trajectory"]
+        dev = comfy.model_management.intermediate_device()
+        traj.latents = [t.to(dev) for t in traj.latents]
+        traj.meta.update({"scheduler": scheduler, "latent_format": type(model.model.latent_format).__name__})
+        inverted = {k: v for k, v in latent.items() if k != "noise_mask"}
+        inverted["samples"] = out
+        return io.NodeOutput(traj, inverted, sigmas.clone())
+
+
+class DiffEditorReconstruct(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffEditorReconstruct",
+            display_name="DiffEditor Reconstruct",
+            category=f"{CATEGORY}/inversion",
+            description="Deterministic DDIM sampling from a trajectory's inverted latent with its own sigmas: "
+                        "reproduces the source image (a check of the inversion) or re-renders it with another "
+                        "prompt.",
+            inputs=[
+                io.Model.Input("model", tooltip="The same model the trajectory was inverted with."),
+                io.Conditioning.Input("positive", tooltip="Prompt for the reconstruction (the inversion prompt "
+                                                          "reproduces the source)."),
+                io.Conditioning.Input("negative", tooltip="Negative prompt; only used when cfg is not 1."),
+                EditTrajectoryType.Input("trajectory", tooltip="Trajectory from DiffEditor Invert."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance; use the inversion's cfg for a faithful "
+                                       "reconstruction."),
+            ],
+            outputs=[io.Latent.Output("latent", display_name="latent",
+                                      tooltip="The reconstructed latent (raw latent space), ready for VAE Decode.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, trajectory, cfg=1.0) -> io.NodeOutput:
+        check_supported(model, "model")
+        check_conditioning(positive, "positive")
+        check_conditioning(negative, "negative")
+        traj = check_trajectory(trajectory, "trajectory")
+        cfg = check_finite(cfg, "cfg", 0.0, 100.0)
+        traj.check_compatible(model_id=model_id(model), name="trajectory")
+        sigmas = traj.sigmas.clone()
+        with torch.inference_mode(False):
+            zeros = torch.zeros(traj.shape, dtype=torch.float32)
+            out = comfy.sample.sample_custom(
+                model, zeros, cfg, make_sampler(sample_diffeditor, trajectory=traj, with_model_id=True), sigmas,
+                plain_conditioning(positive), plain_conditioning(negative), zeros.clone(), noise_mask=None,
+                callback=progress_callback(model, traj.steps), disable_pbar=disable_pbar(), seed=0)
+        return io.NodeOutput({"samples": out})

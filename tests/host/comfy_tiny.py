@@ -1,0 +1,128 @@
+"""Tiny real ComfyUI models for the host tests (seeded, built in-process, no weights on disk).
+
+Everything is built under ``torch.inference_mode()`` as the server's executor does, so the tests meet the
+inference-tensor problems real users meet.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+# SD1.x-style: 3 levels -> 3 up blocks; decoder attention in up blocks 1 and 2 (like SD1.5's 1..3), none in
+# up block 0 (lowest resolution, like SD1.5's up_blocks[0]); default DiffEditor levels (0, 1) are capturable.
+TINY_SD15 = {
+    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+    "num_res_blocks": [1, 1, 1], "channel_mult": [1, 2, 2], "transformer_depth": [1, 1, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False, "context_dim": 32,
+    "use_temporal_resblock": False, "use_temporal_attention": False,
+}
+
+# SDXL-style: no attention at full resolution, depth 2 at the lowest level, linear projections, ADM vector.
+TINY_SDXL = {
+    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+    "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "out_channels": 4,
+    "model_channels": 32, "num_res_blocks": [1, 1, 1], "channel_mult": [1, 2, 2],
+    "transformer_depth": [0, 1, 2], "transformer_depth_output": [0, 0, 1, 1, 2, 2], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": True, "context_dim": 32,
+    "use_temporal_resblock": False, "use_temporal_attention": False,
+}
+
+CONTEXT_DIM = 32
+TOKENS = 8
+
+
+@torch.no_grad()
+def init_weights_(module: torch.nn.Module, seed: int, out_scale: float = 0.05) -> None:
+    """Explicit seeded init (ComfyUI's ``disable_weight_init`` ops leave ``torch.empty`` garbage).
+
+    Biases small random, 1-D weights (norms) near 1, others ``randn / sqrt(fan_in)``; the final conv scaled
+    down so random eps predictions stay tame. Non-trivial biases/norms make the adapter parity test strict.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for name, p in module.named_parameters():
+        if name.endswith("bias"):
+            val = torch.randn(p.shape, generator=g) * 0.02
+        elif p.ndim == 1:
+            val = 1.0 + 0.1 * torch.randn(p.shape, generator=g)
+        else:
+            val = torch.randn(p.shape, generator=g) / (p[0].numel() ** 0.5)
+        p.copy_(val.to(p.dtype))
+    out = getattr(module, "out", None)
+    if out is not None:
+        out[2].weight.mul_(out_scale)
+
+
+def _patcher(base):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def build_sd15(seed: int = 0):
+    import comfy.supported_models
+
+    with torch.inference_mode():
+        cfg = comfy.supported_models.SD15(dict(TINY_SD15))
+        cfg.set_inference_dtype(torch.float32, None)
+        base = cfg.get_model({})
+        init_weights_(base.diffusion_model, seed)
+        return _patcher(base)
+
+
+def build_sdxl(seed: int = 1):
+    import comfy.supported_models
+
+    class TinySDXL(comfy.supported_models.SDXL):
+        unet_extra_config = {"num_heads": -1, "num_head_channels": 16}
+
+    with torch.inference_mode():
+        cfg = TinySDXL(dict(TINY_SDXL))
+        cfg.set_inference_dtype(torch.float32, None)
+        base = cfg.get_model({})
+        init_weights_(base.diffusion_model, seed)
+        return _patcher(base)
+
+
+def build_flow(seed: int = 2):
+    """The tiny SD15 UNet with a flow (SD3-style) parameterisation: must be rejected by the nodes."""
+    import comfy.model_base
+    import comfy.supported_models
+
+    with torch.inference_mode():
+        cfg = comfy.supported_models.SD15(dict(TINY_SD15))
+        cfg.set_inference_dtype(torch.float32, None)
+        cfg.sampling_settings = {"shift": 3.0, "multiplier": 1000}
+        base = comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.FLOW)
+        init_weights_(base.diffusion_model, seed)
+        return _patcher(base)
+
+
+def random_conditioning(seed: int, pooled_dim: int = CONTEXT_DIM, scale: float = 1.0, **opts):
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        c = torch.randn(1, TOKENS, CONTEXT_DIM, generator=g) * scale
+        pooled = torch.randn(1, pooled_dim, generator=g)
+        return [[c, dict({"pooled_output": pooled}, **opts)]]
+
+
+def random_latent(seed: int = 3, batch: int = 1, h: int = 16, w: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        return {"samples": torch.randn(batch, 4, h, w, generator=g) * 2.0}
+
+
+def weights_hash(model_patcher) -> str:
+    """Hash of every weight/buffer of the MODEL (values only) plus its patch/option keys."""
+    h = hashlib.sha1()
+    for k, v in sorted(model_patcher.model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    h.update(repr(sorted(model_patcher.patches)).encode())
+    h.update(repr(sorted(model_patcher.object_patches)).encode())
+    h.update(repr(model_patcher.model_options).encode())
+    return h.hexdigest()

@@ -1,0 +1,175 @@
+"""Server smoke test: a headless CPU ComfyUI loads the pack by path and runs a graph with every node.
+
+The pack is symlinked into a temporary custom_nodes folder (next to a test-only node that makes random
+CONDITIONING); checkpoints point at a thin SD15-detected checkpoint with a random TAESD VAE.
+"""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import comfy_bootstrap
+from diffeditor.nodes import NODE_LIST
+
+PACK_ROOT = pathlib.Path(__file__).resolve().parents[2]
+PACK_FOLDER = "ComfyUI-DiffEditor"
+STARTUP_TIMEOUT = 150
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _post(url, payload, timeout=10):
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, thin_checkpoint):
+    base = tmp_path_factory.mktemp("server")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACK_FOLDER).symlink_to(PACK_ROOT, target_is_directory=True)
+    (base / "custom_nodes" / "diffeditor_testing_nodes").symlink_to(
+        pathlib.Path(__file__).resolve().parent / "testing_nodes", target_is_directory=True)
+    (base / "checkpoints").mkdir()
+    (base / "checkpoints" / thin_checkpoint.name).symlink_to(thin_checkpoint)
+    for d in ("frontend", "out", "temp", "input", "user"):
+        (base / d).mkdir()
+    yaml = base / "extra_model_paths.yaml"
+    yaml.write_text(f"diffeditor_test:\n    base_path: {base}\n    custom_nodes: custom_nodes\n"
+                    f"    checkpoints: checkpoints\n")
+    port = _free_port()
+    root = comfy_bootstrap.comfy_root()
+    log_path = base / "server.log"
+    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--front-end-root", str(base / "frontend"), "--disable-api-nodes",
+           "--extra-model-paths-config", str(yaml), "--output-directory", str(base / "out"),
+           "--temp-directory", str(base / "temp"), "--input-directory", str(base / "input"),
+           "--user-directory", str(base / "user"), "--database-url", "sqlite:///:memory:",
+           "--preview-method", "none", "--disable-auto-launch"]
+    log = open(log_path, "w")
+    env = comfy_bootstrap.subprocess_env()
+    env.setdefault("OMP_NUM_THREADS", "1")  # tiny checkpoint; avoids oversubscription on a shared CPU
+    proc = subprocess.Popen(cmd, cwd=str(root), stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.time()
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                info = _get(url + "/object_info", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.time() - t0 > STARTUP_TIMEOUT:
+                    pytest.fail(f"ComfyUI did not start in {STARTUP_TIMEOUT}s:\n{log_path.read_text()[-4000:]}")
+                time.sleep(0.5)
+        yield {"url": url, "info": info, "log": log_path, "ckpt": thin_checkpoint.name}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+def test_pack_loads_and_registers_every_node(server):
+    text = server["log"].read_text()
+    failed = [l for l in text.splitlines() if "IMPORT FAILED" in l]
+    assert not [l for l in failed if PACK_FOLDER in l or "diffeditor_testing_nodes" in l], "\n".join(failed)
+    info = server["info"]
+    for cls in NODE_LIST:
+        sid = cls.define_schema().node_id
+        assert sid in info, f"{sid} missing from /object_info"
+        node = info[sid]
+        assert node["category"].startswith("DiffEditor/")
+        for section in ("required", "optional"):
+            for name, spec in node["input"].get(section, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{sid}.{name} has no tooltip"
+        assert all(node["output_tooltips"]), sid
+    assert "DIFFEDITOR_TRAJECTORY" in info["DiffEditorInvert"]["output"]
+
+
+def _graph(ckpt, blend_mask_value=1.0):
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "DiffEditorTestRandomConditioning", "inputs": {"seed": 1, "scale": 1.0}},
+        "3": {"class_type": "DiffEditorTestRandomConditioning", "inputs": {"seed": 2, "scale": 0.5}},
+        "4": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x8040C0}},
+        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "DiffEditorInvert", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["5", 0], "steps": 4,
+            "scheduler": "ddim_uniform", "cfg": 1.0, "exact": True, "exact_iters": 2, "record_kv_bank": True,
+            "bank_start": 0.0, "bank_end": 1.0, "kv_budget_mb": 64.0}},
+        "7": {"class_type": "DiffEditorReconstruct", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "trajectory": ["6", 0], "cfg": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "diffeditor_rec"}},
+        "10": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}},
+        "11": {"class_type": "SolidMask", "inputs": {"value": blend_mask_value, "width": 64, "height": 64}},
+        "12": {"class_type": "DiffEditorSampler", "inputs": {
+            "eta": 0.3, "eta_outside": 0.0, "eta_start": 0.0, "eta_end": 1.0, "trajectory": ["6", 0],
+            "eta_mask": ["10", 0]}},
+        "13": {"class_type": "DiffEditorMaskedBlend", "inputs": {
+            "sampler": ["12", 0], "trajectory": ["6", 0], "mask": ["11", 0], "feather_px": 4.0,
+            "schedule": "every step", "fraction": 1.0}},
+        "14": {"class_type": "CFGGuider", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": 2.0}},
+        "15": {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}},
+        "16": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["15", 0], "guider": ["14", 0], "sampler": ["13", 0], "sigmas": ["6", 2],
+            "latent_image": ["5", 0]}},
+        "17": {"class_type": "VAEDecode", "inputs": {"samples": ["16", 0], "vae": ["1", 2]}},
+        "18": {"class_type": "SaveImage", "inputs": {"images": ["17", 0], "filename_prefix": "diffeditor_edit"}},
+    }
+
+
+def _run(server, graph, timeout=120):
+    status, body = _post(server["url"] + "/prompt", {"prompt": graph, "client_id": "diffeditor-test"})
+    assert status == 200, body
+    pid = body["prompt_id"]
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        hist = _get(f"{server['url']}/history/{pid}")
+        if pid in hist and hist[pid]["status"].get("completed") is not None and (
+                hist[pid]["status"]["completed"] or hist[pid]["status"]["status_str"] == "error"):
+            return hist[pid]
+        time.sleep(0.25)
+    pytest.fail(f"prompt did not finish in {timeout}s:\n{server['log'].read_text()[-3000:]}")
+
+
+def test_graph_runs_in_the_real_executor(server):
+    """Invert (exact, K,V bank) -> Reconstruct, and DiffEditor Sampler inside Masked Blend inside
+    SamplerCustomAdvanced, all on inference-mode weights loaded by CheckpointLoaderSimple."""
+    hist = _run(server, _graph(server["ckpt"]))
+    assert hist["status"]["status_str"] == "success", json.dumps(hist["status"], indent=1)[-3000:]
+    assert hist["outputs"]["9"]["images"] and hist["outputs"]["18"]["images"]
+
+
+def test_runtime_validation_error_reaches_the_user(server):
+    hist = _run(server, _graph(server["ckpt"], blend_mask_value=0.0))
+    assert hist["status"]["status_str"] == "error"
+    errors = [m for m in hist["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and "mask is empty" in errors[0][1]["exception_message"]
+    assert errors[0][1]["node_type"] == "DiffEditorMaskedBlend"
