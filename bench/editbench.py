@@ -1,0 +1,372 @@
+"""Ground-truth editing benchmark on the demo model.
+
+    python bench/editbench.py --seed 0 --n 32 --out bench/results/editbench.json
+
+For each of N generated scenes and each task, the exact truth is rendered analytically (``bench/scenes``),
+every method edits the source on the demo model, and the colour detector (``bench/detector``) scores
+the result. Writes PATH (means), PATH with ``.scenes.json`` (per-scene values), ``.md`` (table) and
+``.png`` (source | truth | each method, first scene of each task).
+
+Tasks: move, resize, drag (rigid drags: every handle moves by the same vector, so the truth is exact),
+appearance, paste, erase. Methods: ``baseline`` (latent copy-paste at the clean level + SDEdit
+harmonisation at strength 0.5, locked to the source trajectory outside the edit mask), ``dragondiffusion``,
+``diffeditor`` and its ablations ``diffeditor_no_sde``, ``diffeditor_no_timetravel``,
+``diffeditor_global_guidance``, ``diffeditor_no_kv``; drag adds ``dragloss`` when the drag optimiser is
+available. Erase compares ``baseline`` (regenerate from the inverted z_T with the concept dropped from the
+prompt), ``uce`` (closed-form erasure of the colour word) and ``sld`` (safe guidance away from it). The
+demo model has no image encoder, so DiffEditor's image prompt is off in every method.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    sys.path.insert(0, str(ROOT))
+    import pack_loader
+
+    pack_loader.load("diffeditor")
+    __package__ = "diffeditor.bench"
+
+from ..adapters.diffusers_adapter import DiffusersDenoiser  # noqa: E402
+from ..adapters.diffusers_erasure import patched, uce_patch  # noqa: E402
+from ..adapters.pipeline import DiffEditorPipeline  # noqa: E402
+from ..guidance.energies import TASK_DEFAULTS  # noqa: E402
+from ..guidance.sld import SLDState, sld_guidance_sigma, sld_preset  # noqa: E402
+from ..guidance.tasks import AppearanceSpec, DragSpec, MoveSpec, PasteSpec, make_task  # noqa: E402
+from ..guidance.uce import concept_embedding  # noqa: E402
+from ..samplers.blend import TrajectoryAnchor  # noqa: E402
+from ..samplers.edit import EditStats, preset_schedule  # noqa: E402
+from ..samplers.sampling import NoiseSource, sample_diffeditor  # noqa: E402
+from ..samplers.trajectory import EditTrajectory  # noqa: E402
+from . import scenes  # noqa: E402
+from .detector import detect  # noqa: E402
+
+TASKS = ("move", "resize", "drag", "appearance", "paste", "erase")
+EDIT_METHODS = ("baseline", "dragondiffusion", "diffeditor", "diffeditor_no_sde", "diffeditor_no_timetravel",
+                "diffeditor_global_guidance", "diffeditor_no_kv")
+ERASE_METHODS = ("baseline", "uce", "sld")
+SCHEDULE_TASK = {"move": "move", "resize": "move", "drag": "drag", "appearance": "appearance", "paste": "paste"}
+CASE_KIND = {"move": "move", "resize": "resize", "drag": "drag_move", "appearance": "appearance",
+             "paste": "paste"}
+ABLATION = {"diffeditor_no_sde": dict(sde=None), "diffeditor_no_timetravel": dict(time_travel=None),
+            "diffeditor_global_guidance": dict(regional=False), "diffeditor_no_kv": dict(kv_mode=None)}
+
+
+def dragloss_available() -> bool:
+    try:
+        from ..samplers import drag  # noqa: F401
+        return hasattr(drag, "optimize_drag")
+    except ImportError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    d = (np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2
+    mse = float(d[mask].mean()) if mask is not None and mask.any() else float(d.mean())
+    return 99.0 if mse <= 1e-10 else 10 * math.log10(1.0 / mse)
+
+
+def _object_detection(image, color, cx, cy):
+    dets = [d for d in detect(image, shapes=False) if d["color"] == color]
+    if not dets:
+        return None
+    return min(dets, key=lambda d: math.hypot(d["centroid"][0] - cx, d["centroid"][1] - cy))
+
+
+def object_metrics(result: np.ndarray, case: scenes.EditCase) -> dict:
+    obj = case.truth.objects[case.truth_index]
+    truth_mask = case.target_mask
+    det = _object_detection(result, obj.color, obj.cx, obj.cy)
+    out = {"bg_psnr": psnr(result, case.source_image, ~case.edit_region),
+           "gt_psnr": psnr(result, case.truth_image)}
+    if det is None:  # the object vanished: worst-case geometry
+        out.update(centroid_err_px=float(math.hypot(*result.shape[:2])), iou=0.0)
+    else:
+        m = det["mask"]
+        out.update(centroid_err_px=float(math.hypot(det["centroid"][0] - obj.cx, det["centroid"][1] - obj.cy)),
+                   iou=float((m & truth_mask).sum() / max(1, (m | truth_mask).sum())))
+    if case.kind == "drag_move":
+        src = case.source.objects[case.index]
+        if det is None:
+            out["point_err_px"] = out["centroid_err_px"]
+        else:  # rigid drag: every handle moves with the object
+            moved = np.array(det["centroid"]) - np.array([src.cx, src.cy])
+            out["point_err_px"] = float(np.linalg.norm(moved - np.array([case.dx, case.dy])))
+    if case.kind == "appearance":
+        out["color_err"] = float(np.linalg.norm(result[truth_mask] - case.truth_image[truth_mask], axis=-1).mean())
+    return out
+
+
+def erase_metrics(result: np.ndarray, case: scenes.EditCase) -> dict:
+    still = any(d["color"] == case.concept for d in detect(result, shapes=False))
+    keep = [m for k, m in enumerate(case.source.masks()) if k not in case.params["removed"]]
+    coll = float(np.mean([np.linalg.norm(result[m] - case.source_image[m], axis=-1).mean() for m in keep])) \
+        if keep else 0.0
+    return {"concept_rate": float(still), "collateral": coll, "gt_psnr": psnr(result, case.truth_image)}
+
+
+# ------------------------------------------------------------------------------------------- methods
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    out = mask.copy()
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            out |= np.roll(np.roll(mask, dy, 0), dx, 1)
+    return out
+
+
+def make_spec(case: scenes.EditCase):
+    t = lambda m: torch.from_numpy(np.asarray(m, np.float32))  # noqa: E731
+    if case.kind == "move":
+        return MoveSpec(t(case.source_mask), case.dx, case.dy)
+    if case.kind == "resize":
+        return MoveSpec(t(case.source_mask), 0.0, 0.0, scale=case.scale)
+    if case.kind == "drag_move":
+        pts = [(tuple(map(float, h)), tuple(map(float, g))) for h, g in zip(case.handles, case.targets)]
+        return DragSpec(pts, mask=t(_dilate(case.edit_region, 4)))
+    if case.kind == "appearance":
+        return AppearanceSpec(t(case.source_mask), t(case.ref_mask))
+    if case.kind == "paste":
+        return PasteSpec(t(case.ref_mask), case.dx, case.dy)
+    raise ValueError(case.kind)
+
+
+def sliced(traj: EditTrajectory, start: int) -> EditTrajectory:
+    return dataclasses.replace(traj, latents=traj.latents[start:], sigmas=traj.sigmas[start:], bank=None)
+
+
+def run_baseline(pipe, traj, task, prompt, cfg, seed) -> tuple[torch.Tensor, int]:
+    """Copy-paste in latent space at the clean level, then SDEdit from strength 0.5, masked."""
+    start = traj.steps // 2
+    z0 = traj.x0
+    ref0 = None if task.reference is None else task.reference.x0
+    init = task.init_latent(z0, ref0)
+    sig = traj.sigmas.to(z0.device)
+    x = init + float(sig[start]) * NoiseSource(seed)(init)
+    part = sliced(traj, start)
+    den = pipe.denoiser(prompt, None, cfg)
+    out = sample_diffeditor(den, x, sig[start:], blend=TrajectoryAnchor(part, task.edit_mask), disable=True)
+    return out, den.calls
+
+
+def run_guided(pipe, traj, task, prompt, cfg, method, task_name, seed) -> tuple[torch.Tensor, int]:
+    preset = "DragonDiffusion" if method == "dragondiffusion" else "DiffEditor"
+    sched = preset_schedule(preset, SCHEDULE_TASK[task_name], **ABLATION.get(method, {}))
+    stats = EditStats()
+    out = pipe.edit(traj, task, prompt, cfg=cfg, schedule=sched, seed=seed, stats=stats)
+    nfe = stats.cfg_forwards + stats.feature_forwards + stats.reference_forwards + stats.renoise_forwards
+    return out, nfe
+
+
+def run_dragloss(pipe, traj, task, case, prompt, seed) -> tuple[torch.Tensor, int]:
+    from ..adapters.diffusers_adapter import DiffusersHost
+    from ..samplers.drag import optimize_drag
+
+    n = traj.steps
+    k = n - int(round(0.7 * n))  # inversion strength 0.7: optimise at step 15 of 50
+    sig = traj.sigmas.to(traj.x0.device)
+    den = pipe.denoiser(prompt, None, 1.0)
+    host = DiffusersHost(den)
+    h, w = case.source.height, case.source.width
+    handles = [tuple(map(float, p)) for p in case.handles]
+    targets = [tuple(map(float, p)) for p in case.targets]
+    x_opt, _, info = optimize_drag(host, traj.at(k), sig[k], sig[k + 1], handles, targets,
+                                   mask=torch.from_numpy(_dilate(case.edit_region, 4).astype(np.float32)),
+                                   image_size=(h, w))
+    part = sliced(traj, k)
+    out = sample_diffeditor(den, x_opt, sig[k:], disable=True, seed=seed)
+    del part
+    return out, den.calls
+
+
+class SLDDenoiser:
+    """CFG with Safe Latent Diffusion on the diffusers adapter (3 conditional passes per step)."""
+
+    def __init__(self, pipe, prompt, safety, cfg, config):
+        self.c = pipe.denoiser(prompt, None, 1.0)
+        self.u = pipe.denoiser("", None, 1.0)
+        self.s = pipe.denoiser(safety, None, 1.0)
+        self.cfg, self.config, self.state, self.calls = cfg, config, SLDState(), 0
+
+    def __call__(self, x, sigma, **kw):
+        dc, du, ds = self.c(x, sigma), self.u(x, sigma), self.s(x, sigma)
+        self.calls += 3
+        noise = sld_guidance_sigma(x, sigma, dc, du, ds, self.cfg, self.config, self.state)
+        return x - noise
+
+
+def run_erase(pipe, tok, te, traj, case, method, cfg, seed) -> tuple[torch.Tensor, int]:
+    src_prompt, truth_prompt = case.source.caption(), case.truth.caption()
+    if method == "baseline":
+        den = pipe.denoiser(truth_prompt, None, cfg)
+        return sample_diffeditor(den, traj.z_T, traj.sigmas.to(traj.z_T.device), disable=True), den.calls
+    if method == "sld":
+        den = SLDDenoiser(pipe, src_prompt, case.concept, cfg, sld_preset("strong"))
+        return sample_diffeditor(den, traj.z_T, traj.sigmas.to(traj.z_T.device), disable=True), den.calls
+
+    def emb(words):
+        with torch.no_grad():
+            hs = te(tok([words]))
+        return concept_embedding(hs, len(tok.words(words)) + 2).reshape(-1)
+
+    others = sorted({o.color for o in case.source.objects} - {case.concept})
+    deltas = uce_patch(pipe.unet, torch.stack([emb(case.concept)]), torch.stack([emb("")]),
+                       torch.stack([emb(c) for c in others]) if others else None)
+    den = pipe.denoiser(src_prompt, None, cfg)
+    with patched(pipe.unet, deltas):
+        out = sample_diffeditor(den, traj.z_T, traj.sigmas.to(traj.z_T.device), disable=True)
+    return out, den.calls
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def make_case(task: str, seed: int):
+    rng = np.random.default_rng(10_000 + seed)
+    for s in range(seed * 101, seed * 101 + 100):
+        scene = scenes.make_scene(s)
+        if task == "erase":
+            return scenes.remove(scene, scene.objects[int(rng.integers(len(scene.objects)))].color)
+        ref = scenes.make_scene(s + 50_000) if task in ("paste", "appearance") else None
+        case = scenes.random_edit(scene, CASE_KIND[task], rng, ref=ref)
+        if case is not None:
+            return case
+    raise RuntimeError(f"no valid {task} case for seed {seed}")
+
+
+def load_pipeline(weights, random_weights: bool):
+    from ..models.demo.load import build_random, load_demo
+
+    vae, unet, te, tok, ac = build_random(0) if random_weights else load_demo(weights)
+
+    def encode_text(prompts):
+        with torch.no_grad():
+            return te(tok(list(prompts)))
+
+    return DiffEditorPipeline(unet, vae=vae, encode_text=encode_text, alphas_cumprod=ac), te, tok
+
+
+def run(seed=0, n=32, steps=50, tasks=TASKS, methods=None, weights=ROOT / "models" / "demo" / "weights",
+        random_weights=False, recon_n=8, log=print) -> tuple[dict, dict, dict]:
+    pipe, te, tok = load_pipeline(weights, random_weights)
+    per: dict = {t: {} for t in tasks}
+    grids: dict = {}
+    recon = {"ddim": [], "exact": []}
+    for i in range(n):
+        for task in tasks:
+            case = make_case(task, seed + i)
+            src = torch.from_numpy(case.source_image)[None]
+            z = pipe.encode_image(src)
+            t0 = time.time()
+            traj = pipe.invert(z, case.source.caption(), steps=steps)
+            inv_s = time.time() - t0
+            if task == "move" and i < recon_n:
+                recon["ddim"].append(psnr(pipe.decode(pipe.reconstruct(traj, case.source.caption()))[0].numpy(),
+                                          case.source_image))
+                ex = pipe.invert(z, case.source.caption(), steps=steps, exact_iters=5, bank_window=None)
+                recon["exact"].append(psnr(pipe.decode(pipe.reconstruct(ex, case.source.caption()))[0].numpy(),
+                                           case.source_image))
+            row = {"source": case.source_image, "truth": case.truth_image}
+            if task == "erase":
+                names = [m for m in ERASE_METHODS if methods is None or m in methods]
+            else:
+                names = [m for m in EDIT_METHODS if methods is None or m in methods]
+                if task == "drag" and dragloss_available() and (methods is None or "dragloss" in methods):
+                    names.append("dragloss")
+                ref_traj = None
+                if task in ("appearance", "paste"):
+                    zr = pipe.encode_image(torch.from_numpy(case.ref_image)[None])
+                    ref_traj = pipe.invert(zr, case.source.caption(), steps=steps)
+                edit_task = make_task(make_spec(case), z, reference=ref_traj)
+            cfg = TASK_DEFAULTS[SCHEDULE_TASK.get(task, "move")]["cfg"]
+            for m in names:
+                t1 = time.time()
+                if task == "erase":
+                    out, nfe = run_erase(pipe, tok, te, traj, case, m, cfg, seed + i)
+                elif m == "baseline":
+                    out, nfe = run_baseline(pipe, traj, edit_task, case.prompt, cfg, seed + i)
+                elif m == "dragloss":
+                    out, nfe = run_dragloss(pipe, traj, edit_task, case, case.prompt, seed + i)
+                else:
+                    out, nfe = run_guided(pipe, traj, edit_task, case.prompt, cfg, m, task, seed + i)
+                secs = time.time() - t1
+                img = pipe.decode(out)[0].numpy()
+                met = erase_metrics(img, case) if task == "erase" else object_metrics(img, case)
+                met.update(seconds=secs, nfe=float(nfe), inversion_seconds=inv_s)
+                per[task].setdefault(m, []).append(met)
+                row[m] = img
+            if task not in grids:
+                grids[task] = row
+            log(f"[editbench] scene {i + 1}/{n} {task}: " + ", ".join(
+                f"{m} {per[task][m][-1].get('centroid_err_px', per[task][m][-1].get('concept_rate', 0)):.2f}"
+                for m in names))
+    means = {t: {m: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for m, rows in ms.items()}
+             for t, ms in per.items()}
+    summary = {"model": "demo (random weights)" if random_weights else f"demo ({pathlib.Path(weights).name})",
+               "seed": seed, "n": n, "steps": steps,
+               "reconstruction": {k: {"psnr": float(np.mean(v)) if v else None} for k, v in recon.items()},
+               "tasks": means}
+    return summary, per, grids
+
+
+def write_outputs(out: pathlib.Path, summary: dict, per: dict, grids: dict) -> None:
+    from PIL import Image
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    out.with_suffix(".scenes.json").write_text(json.dumps(per, indent=1))
+    keys = ("centroid_err_px", "iou", "point_err_px", "color_err", "bg_psnr", "gt_psnr", "concept_rate",
+            "collateral", "seconds", "nfe")
+    lines = [f"Edit benchmark — model {summary['model']}, seed {summary['seed']}, N={summary['n']}, "
+             f"{summary['steps']} steps. Reconstruction PSNR: DDIM {summary['reconstruction']['ddim']['psnr']}, "
+             f"exact {summary['reconstruction']['exact']['psnr']}.", ""]
+    for task, ms in summary["tasks"].items():
+        cols = [k for k in keys if any(k in v for v in ms.values())]
+        lines += [f"### {task}", "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for m, v in ms.items():
+            lines.append(f"| {m} | " + " | ".join(f"{v[k]:.3f}" if k in v else "" for k in cols) + " |")
+        lines.append("")
+    out.with_suffix(".md").write_text("\n".join(lines))
+    rows = []
+    width = max(len(r) for r in grids.values())
+    for task, r in grids.items():
+        panels = list(r.values()) + [np.ones_like(r["source"])] * (width - len(r))
+        rows.append(np.concatenate([np.pad(p, ((1, 1), (1, 1), (0, 0)), constant_values=1) for p in panels], 1))
+    grid = np.concatenate(rows, 0)
+    Image.fromarray((np.clip(grid, 0, 1) * 255).round().astype(np.uint8)).resize(
+        (grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(out.with_suffix(".png"))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--methods", default="", help="comma list (default: all)")
+    ap.add_argument("--weights", default=str(ROOT / "models" / "demo" / "weights"))
+    ap.add_argument("--random-weights", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    tasks = tuple(t for t in a.tasks.split(",") if t)
+    bad = sorted(set(tasks) - set(TASKS))
+    if bad:
+        raise SystemExit(f"--tasks: unknown {bad}; expected some of {TASKS}")
+    methods = tuple(m for m in a.methods.split(",") if m) or None
+    summary, per, grids = run(a.seed, a.n, a.steps, tasks, methods, pathlib.Path(a.weights), a.random_weights)
+    write_outputs(pathlib.Path(a.out), summary, per, grids)
+    print(pathlib.Path(a.out).with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Smoke run of the edit benchmark: every task, method and metric key is written."""
+import json
+
+from diffeditor.bench import editbench
+
+
+def test_editbench_smoke_writes_every_key(tmp_path):
+    out = tmp_path / "eb.json"
+    editbench.main(["--n", "2", "--steps", "10", "--random-weights", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res["n"] == 2 and res["steps"] == 10 and res["seed"] == 0
+    assert res["reconstruction"]["ddim"]["psnr"] is not None and res["reconstruction"]["exact"]["psnr"] is not None
+    assert set(res["tasks"]) == set(editbench.TASKS)
+    common = {"seconds", "nfe"}
+    for task, methods in res["tasks"].items():
+        expected = set(editbench.ERASE_METHODS if task == "erase" else editbench.EDIT_METHODS)
+        if task == "drag" and editbench.dragloss_available():
+            expected.add("dragloss")
+        assert set(methods) == expected, task
+        for m, metrics in methods.items():
+            keys = ({"concept_rate", "collateral", "gt_psnr"} if task == "erase"
+                    else {"centroid_err_px", "iou", "bg_psnr", "gt_psnr"})
+            keys |= {"point_err_px"} if task == "drag" else set()
+            keys |= {"color_err"} if task == "appearance" else set()
+            assert keys | common <= set(metrics), (task, m, sorted(metrics))
+            assert all(v == v for v in metrics.values())  # no NaN
+    per = json.loads(out.with_suffix(".scenes.json").read_text())
+    assert len(per["move"]["diffeditor"]) == 2
+    assert out.with_suffix(".md").exists() and out.with_suffix(".png").stat().st_size > 0
