@@ -4,8 +4,9 @@
 """
 from .common import EDIT_TRAJECTORY, EditTrajectoryType
 from .inversion import DiffEditorInvert, DiffEditorReconstruct
+from .edit import EDIT_NODES
 from .sampler import DiffEditorMaskedBlend, DiffEditorSampler
 
-NODE_LIST = [DiffEditorInvert, DiffEditorReconstruct, DiffEditorSampler, DiffEditorMaskedBlend]
+NODE_LIST = [DiffEditorInvert, DiffEditorReconstruct, DiffEditorSampler, DiffEditorMaskedBlend, *EDIT_NODES]
 
 __all__ = ["NODE_LIST", "EDIT_TRAJECTORY", "EditTrajectoryType"]

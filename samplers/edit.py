@@ -101,6 +101,59 @@ def preset_schedule(preset: str = "DiffEditor", task: str = "move", **overrides)
     return replace(PRESETS[preset], **{**TASK_SCHEDULES[task], **overrides})
 
 
+KV_MODES = ("auto", "replace", "concat", "composite", "off")
+
+
+def build_schedule(preset: str = "DiffEditor", task: str = "move", *, energy_ui: float | None = None,
+                   kappa: float | None = None, regional: bool = True, guidance_end: float | None = None,
+                   sde_strength: float | None = None, sde_window: tuple[float, float] | None = None,
+                   time_travel_repeats: int | None = None, time_travel_window: tuple[float, float] | None = None,
+                   kv_mode: str = "auto", kv_window: tuple[float, float] | None = None) -> EditSchedule:
+    """An :class:`EditSchedule` from user-facing knobs; ``None`` / ``"auto"`` keep the preset's value.
+
+    ``energy_ui`` is the official UI energy (the engine scale is x1000); ``guidance_end`` moves the end of
+    the guided steps (DiffEditor keeps its dense first 20%); ``sde_strength`` 0 or ``time_travel_repeats``
+    1 switch those mechanisms off; ``kv_mode="off"`` disables visual cross-attention.
+    """
+    base = preset_schedule(preset, task)
+    over: dict = {"regional": bool(regional)}
+    if energy_ui is not None:
+        if energy_ui < 0:
+            raise ValueError(f"energy must be >= 0 (or auto), got {energy_ui}")
+        over["energy_scale"] = float(energy_ui) * 1000.0
+    if kappa is not None:
+        over["kappa"] = float(kappa)
+    if guidance_end is not None:
+        if not 0 <= guidance_end <= 1:
+            raise ValueError(f"guidance_end must be a fraction in [0, 1], got {guidance_end}")
+        dense = min(base.guidance[0].end, guidance_end)
+        every = base.guidance[-1].every
+        over["guidance"] = (StepWindow(0.0, dense),) + ((StepWindow(dense, guidance_end, every),)
+                                                        if guidance_end > dense else ())
+    if sde_strength is not None or sde_window is not None:
+        strength = base.eta_in if sde_strength is None else float(sde_strength)
+        window = sde_window or ((base.sde.start, base.sde.end) if base.sde else (0.22, 0.4))
+        over["eta_in"] = strength
+        over["sde"] = StepWindow(*window) if strength > 0 else None
+    if time_travel_repeats is not None or time_travel_window is not None:
+        reps = base.repeats if time_travel_repeats is None else int(time_travel_repeats)
+        if reps < 1:
+            raise ValueError(f"time_travel_repeats must be >= 1 (1 = off), got {reps}")
+        tw = base.time_travel or StepWindow(0.44, 0.6, 2)
+        start, end = time_travel_window or (tw.start, tw.end)
+        over["repeats"] = reps
+        over["time_travel"] = StepWindow(start, end, tw.every) if reps > 1 else None
+    if kv_mode not in KV_MODES:
+        raise ValueError(f"visual cross-attention must be one of {KV_MODES}, got {kv_mode!r}")
+    if kv_mode == "off":
+        over["kv_mode"] = None
+    elif kv_mode != "auto":
+        over["kv_mode"] = kv_mode
+    if kv_window is not None:
+        over["kv"] = StepWindow(*kv_window)
+    return replace(base, **over)
+
+
 @dataclass
 class EditStats:
     """Model-call accounting of one edit (UNet forwards by purpose, backward passes)."""

@@ -166,3 +166,18 @@ def test_missing_bank_is_a_clear_error(setup):
                     disable=True)
     with pytest.raises(ValueError, match="preset must be one of"):
         preset_schedule("Nope")
+
+
+def test_build_schedule_knobs():
+    from diffeditor.samplers.edit import build_schedule
+
+    s = build_schedule("DiffEditor", "drag", energy_ui=1.0, sde_strength=0.0, time_travel_repeats=1, kv_mode="off",
+                       guidance_end=0.4)
+    assert s.energy_scale == 1000.0 and s.sde is None and s.time_travel is None and s.kv_mode is None
+    assert sorted(window_steps(s.guidance, 50)) == list(range(10)) + list(range(10, 20, 2))
+    d = build_schedule("DragonDiffusion", "appearance")
+    assert d.kv_mode == "composite" and d.sde is None and d.kappa == 0.04
+    with pytest.raises(ValueError, match="visual cross-attention"):
+        build_schedule(kv_mode="sideways")
+    with pytest.raises(ValueError, match="time_travel_repeats"):
+        build_schedule(time_travel_repeats=0)

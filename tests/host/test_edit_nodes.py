@@ -1,0 +1,130 @@
+"""The editing nodes on tiny real ComfyUI MODELs (SD1.x- and SDXL-style), run under inference_mode."""
+import pytest
+import torch
+
+import comfy_tiny as tm
+from diffeditor.nodes.edit import (DiffEditorAppearanceSpec, DiffEditorDragSpec, DiffEditorEdit,
+                                   DiffEditorEditSampler, DiffEditorMoveSpec, DiffEditorPasteSpec)
+from diffeditor.nodes.inversion import DiffEditorInvert
+
+STEPS = 10
+KNOBS = dict(preset="DiffEditor", seed=42, energy=-1.0, regional=True, guidance_end=-1.0, sde_strength=-1.0,
+             sde_start=0.22, sde_end=0.4, time_travel_repeats=-1, time_travel_start=0.44, time_travel_end=0.6,
+             visual_cross_attention="auto", kv_start=-1.0, kv_end=-1.0)
+
+
+def run(node, **kw):
+    with torch.inference_mode():
+        return node.execute(**kw).result
+
+
+def invert(model, conds, latent, bank=True):
+    return run(DiffEditorInvert, model=model, positive=conds[0], negative=conds[1], latent=latent, steps=STEPS,
+               scheduler="ddim_uniform", cfg=1.0, exact=False, exact_iters=10, record_kv_bank=bank,
+               bank_start=0.0, bank_end=1.0, kv_budget_mb=4096.0)
+
+
+def square_mask(h, w, y0, y1, x0, x1):
+    m = torch.zeros(1, h, w)
+    m[:, y0:y1, x0:x1] = 1
+    return m
+
+
+def edit(model, conds, traj, spec, **over):
+    return run(DiffEditorEdit, model=model, positive=conds[0], negative=conds[1], trajectory=traj, spec=spec,
+               cfg=-1.0, **dict(KNOBS, **over))[0]["samples"]
+
+
+@pytest.fixture(scope="module")
+def source(sd15_model, conds, latent):
+    traj, _, sigmas = invert(sd15_model, conds, latent)
+    return traj, sigmas
+
+
+def test_move_edit_end_to_end_and_weights_untouched(sd15_model, conds, source):
+    before = tm.weights_hash(sd15_model)
+    traj, _ = source
+    H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
+    mask = square_mask(H, W, 32, 64, 24, 56)
+    spec = run(DiffEditorMoveSpec, mask=mask, dx=32, dy=0, scale=1.0)[0]
+    out = edit(sd15_model, conds, traj, spec)
+    assert out.shape == traj.shape and torch.isfinite(out).all()
+    # the edit changed the latent, and it changed it more inside the edit region than far outside it
+    src = traj.x0 / sd15_model.model.latent_format.scale_factor
+    d = (out - src).abs().mean(1)[0]
+    assert float(d[4:8, 3:11].mean()) > float(d[12:, :].mean())
+    assert tm.weights_hash(sd15_model) == before
+
+
+def test_drag_appearance_paste_run(sd15_model, conds, latent, source):
+    traj, _ = source
+    H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
+    drag = run(DiffEditorDragSpec, points="40,40->72,48", mask=square_mask(H, W, 16, 80, 16, 100))[0]
+    assert torch.isfinite(edit(sd15_model, conds, traj, drag)).all()
+    ref_traj, _, _ = invert(sd15_model, conds, {"samples": latent["samples"].flip(-1)})
+    m = square_mask(H, W, 32, 64, 24, 56)
+    app = run(DiffEditorAppearanceSpec, mask=m, reference=ref_traj, ref_mask=m)[0]
+    assert torch.isfinite(edit(sd15_model, conds, traj, app)).all()
+    paste = run(DiffEditorPasteSpec, reference=ref_traj, mask=m, dx=32, dy=16, scale=1.0)[0]
+    assert torch.isfinite(edit(sd15_model, conds, traj, paste)).all()
+
+
+def test_edit_sampler_in_sampler_custom_advanced(sd15_model, conds, source):
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import Noise_EmptyNoise, SamplerCustomAdvanced
+
+    traj, sigmas = source
+    H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
+    spec = run(DiffEditorMoveSpec, mask=square_mask(H, W, 32, 64, 24, 56), dx=16, dy=8, scale=1.2)[0]
+    sampler = run(DiffEditorEditSampler, trajectory=traj, spec=spec, **KNOBS)[0]
+    with torch.inference_mode():
+        guider = comfy.samplers.CFGGuider(sd15_model)
+        guider.set_conds(conds[0], conds[1])
+        guider.set_cfg(4.0)
+        out = SamplerCustomAdvanced().sample(Noise_EmptyNoise(), guider, sampler, sigmas,
+                                             {"samples": torch.zeros(traj.shape)})[0]["samples"]
+    assert out.shape == traj.shape and torch.isfinite(out).all()
+
+
+def test_sdxl_move(sdxl_model, sdxl_conds):
+    lat = tm.random_latent(5)
+    traj, _, _ = invert(sdxl_model, sdxl_conds, lat)
+    H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
+    spec = run(DiffEditorMoveSpec, mask=square_mask(H, W, 32, 64, 24, 56), dx=32, dy=0, scale=1.0)[0]
+    out = edit(sdxl_model, sdxl_conds, traj, spec)
+    assert out.shape == traj.shape and torch.isfinite(out).all()
+
+
+def test_bad_inputs(sd15_model, sdxl_model, conds, latent, source, flow_model):
+    traj, _ = source
+    H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
+    m = square_mask(H, W, 32, 64, 24, 56)
+    with pytest.raises(ValueError, match="points"):
+        run(DiffEditorDragSpec, points="10,10->nonsense")
+    with pytest.raises(ValueError, match="mask.*empty"):
+        run(DiffEditorMoveSpec, mask=torch.zeros(1, H, W), dx=8, dy=0, scale=1.0)
+    off = run(DiffEditorMoveSpec, mask=m, dx=4096, dy=0, scale=1.0)[0]
+    with pytest.raises(ValueError, match="spec: .*d[xy]"):
+        edit(sd15_model, conds, traj, off)
+    outside = run(DiffEditorDragSpec, points=f"10,10->{W + 50},10")[0]
+    with pytest.raises(ValueError, match="spec: "):
+        edit(sd15_model, conds, traj, outside)
+    small = run(DiffEditorMoveSpec, mask=square_mask(H // 2, W // 2, 8, 16, 8, 16), dx=8, dy=0, scale=1.0)[0]
+    with pytest.raises(ValueError, match="spec: "):
+        edit(sd15_model, conds, traj, small)
+    no_bank, _, _ = invert(sd15_model, conds, latent, bank=False)
+    spec = run(DiffEditorMoveSpec, mask=m, dx=16, dy=0, scale=1.0)[0]
+    with pytest.raises(ValueError, match="no K,V bank"):
+        edit(sd15_model, conds, no_bank, spec)
+    assert torch.isfinite(edit(sd15_model, conds, no_bank, spec, visual_cross_attention="off")).all()
+    with pytest.raises(ValueError, match="another model"):
+        edit(sdxl_model, conds, traj, spec)
+    with pytest.raises(ValueError, match="model"):
+        edit(flow_model, conds, traj, spec)
+    lat2 = tm.random_latent(4, h=8, w=8)
+    ref_small, _, _ = invert(sd15_model, conds, lat2)
+    app = run(DiffEditorAppearanceSpec, mask=m, reference=ref_small, ref_mask=m)[0]
+    with pytest.raises(ValueError, match="reference trajectory"):
+        edit(sd15_model, conds, traj, app)
+    with pytest.raises(ValueError, match="sde_start"):
+        edit(sd15_model, conds, traj, spec, sde_start=0.5, sde_end=0.3)
