@@ -4,94 +4,17 @@ The pack is symlinked into a temporary custom_nodes folder (next to a test-only 
 CONDITIONING); checkpoints point at a thin SD15-detected checkpoint with a random TAESD VAE.
 """
 import json
-import os
-import pathlib
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-import comfy_bootstrap
+from comfy_server import PACK_FOLDER, run_prompt, running_server
 from diffeditor.nodes import NODE_LIST
-
-PACK_ROOT = pathlib.Path(__file__).resolve().parents[2]
-PACK_FOLDER = "ComfyUI-DiffEditor"
-STARTUP_TIMEOUT = 150
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url, timeout=10):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def _post(url, payload, timeout=10):
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, thin_checkpoint):
-    base = tmp_path_factory.mktemp("server")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK_FOLDER).symlink_to(PACK_ROOT, target_is_directory=True)
-    (base / "custom_nodes" / "diffeditor_testing_nodes").symlink_to(
-        pathlib.Path(__file__).resolve().parent / "testing_nodes", target_is_directory=True)
-    (base / "checkpoints").mkdir()
-    (base / "checkpoints" / thin_checkpoint.name).symlink_to(thin_checkpoint)
-    for d in ("frontend", "out", "temp", "input", "user"):
-        (base / d).mkdir()
-    yaml = base / "extra_model_paths.yaml"
-    yaml.write_text(f"diffeditor_test:\n    base_path: {base}\n    custom_nodes: custom_nodes\n"
-                    f"    checkpoints: checkpoints\n")
-    port = _free_port()
-    root = comfy_bootstrap.comfy_root()
-    log_path = base / "server.log"
-    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--front-end-root", str(base / "frontend"), "--disable-api-nodes",
-           "--extra-model-paths-config", str(yaml), "--output-directory", str(base / "out"),
-           "--temp-directory", str(base / "temp"), "--input-directory", str(base / "input"),
-           "--user-directory", str(base / "user"), "--database-url", "sqlite:///:memory:",
-           "--preview-method", "none", "--disable-auto-launch"]
-    log = open(log_path, "w")
-    env = comfy_bootstrap.subprocess_env()
-    env.setdefault("OMP_NUM_THREADS", "1")  # tiny checkpoint; avoids oversubscription on a shared CPU
-    proc = subprocess.Popen(cmd, cwd=str(root), stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        t0 = time.time()
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ComfyUI exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                info = _get(url + "/object_info", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.time() - t0 > STARTUP_TIMEOUT:
-                    pytest.fail(f"ComfyUI did not start in {STARTUP_TIMEOUT}s:\n{log_path.read_text()[-4000:]}")
-                time.sleep(0.5)
-        yield {"url": url, "info": info, "log": log_path, "ckpt": thin_checkpoint.name}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+    with running_server(tmp_path_factory.mktemp("server"), thin_checkpoint) as srv:
+        yield srv
 
 
 def test_pack_loads_and_registers_every_node(server):
@@ -145,30 +68,16 @@ def _graph(ckpt, blend_mask_value=1.0):
     }
 
 
-def _run(server, graph, timeout=120):
-    status, body = _post(server["url"] + "/prompt", {"prompt": graph, "client_id": "diffeditor-test"})
-    assert status == 200, body
-    pid = body["prompt_id"]
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        hist = _get(f"{server['url']}/history/{pid}")
-        if pid in hist and hist[pid]["status"].get("completed") is not None and (
-                hist[pid]["status"]["completed"] or hist[pid]["status"]["status_str"] == "error"):
-            return hist[pid]
-        time.sleep(0.25)
-    pytest.fail(f"prompt did not finish in {timeout}s:\n{server['log'].read_text()[-3000:]}")
-
-
 def test_graph_runs_in_the_real_executor(server):
     """Invert (exact, K,V bank) -> Reconstruct, and DiffEditor Sampler inside Masked Blend inside
     SamplerCustomAdvanced, all on inference-mode weights loaded by CheckpointLoaderSimple."""
-    hist = _run(server, _graph(server["ckpt"]))
+    hist = run_prompt(server, _graph(server["ckpt"]))
     assert hist["status"]["status_str"] == "success", json.dumps(hist["status"], indent=1)[-3000:]
     assert hist["outputs"]["9"]["images"] and hist["outputs"]["18"]["images"]
 
 
 def test_runtime_validation_error_reaches_the_user(server):
-    hist = _run(server, _graph(server["ckpt"], blend_mask_value=0.0))
+    hist = run_prompt(server, _graph(server["ckpt"], blend_mask_value=0.0))
     assert hist["status"]["status_str"] == "error"
     errors = [m for m in hist["status"]["messages"] if m[0] == "execution_error"]
     assert errors and "mask is empty" in errors[0][1]["exception_message"]

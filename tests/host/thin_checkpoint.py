@@ -37,7 +37,28 @@ def _init(sd: dict, seed: int, skip=()) -> None:
         sd[k] = val.to(torch.float16)
 
 
-def write_thin_checkpoint(path, seed: int = 0) -> pathlib.Path:
+def thin_config(levels: int = 1) -> dict:
+    """THIN with ``levels`` resolution levels (3 levels: the decoder has the feature levels edits need)."""
+    return dict(THIN, channel_mult=[1] * levels, num_res_blocks=[1] * levels, transformer_depth=[1] * levels,
+                transformer_depth_output=[1] * (2 * levels))
+
+
+def _random_clip_l(seed: int) -> dict:
+    """A randomly initialised CLIP-L text encoder under the SD1.x checkpoint keys (about 123 M params)."""
+    import comfy.sd1_clip
+
+    sd = {k: v for k, v in comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float16).state_dict().items()
+          if k.startswith("transformer.text_model.")}
+    sd = {"cond_stage_model." + k: v for k, v in sd.items()}
+    emb = {k for k in sd if "embedding" in k}
+    _init(sd, seed, skip=emb)
+    g = torch.Generator().manual_seed(seed + 7)
+    for k in emb:
+        sd[k] = (torch.randn(sd[k].shape, generator=g) * 0.02).to(torch.float16)
+    return sd
+
+
+def write_thin_checkpoint(path, seed: int = 0, levels: int = 1, with_clip: bool = False) -> pathlib.Path:
     import comfy.model_detection
     import comfy.ops
     import safetensors.torch
@@ -45,7 +66,8 @@ def write_thin_checkpoint(path, seed: int = 0) -> pathlib.Path:
     from comfy.taesd.taesd import TAESD
 
     path = pathlib.Path(path)
-    unet = UNetModel(**THIN, device="cpu", dtype=torch.float16, operations=comfy.ops.disable_weight_init)
+    unet = UNetModel(**thin_config(levels), device="cpu", dtype=torch.float16,
+                     operations=comfy.ops.disable_weight_init)
     sd = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
     _init(sd, seed)
     taesd = TAESD(latent_channels=4)
@@ -55,6 +77,8 @@ def write_thin_checkpoint(path, seed: int = 0) -> pathlib.Path:
     for k in keep:
         vsd[k] = vsd[k].float()
     sd.update(vsd)
+    if with_clip:
+        sd.update(_random_clip_l(seed + 2))
     cfg = comfy.model_detection.model_config_from_unet(sd, "model.diffusion_model.")
     if cfg is None or type(cfg).__name__ != "SD15":
         raise RuntimeError(f"the thin checkpoint is not detected as SD15 (got {type(cfg).__name__})")
