@@ -5,8 +5,10 @@
 from .common import EDIT_TRAJECTORY, EditTrajectoryType
 from .inversion import DiffEditorInvert, DiffEditorReconstruct
 from .edit import EDIT_NODES
+from .erasure import ERASURE_NODES
 from .sampler import DiffEditorMaskedBlend, DiffEditorSampler
 
-NODE_LIST = [DiffEditorInvert, DiffEditorReconstruct, DiffEditorSampler, DiffEditorMaskedBlend, *EDIT_NODES]
+NODE_LIST = [DiffEditorInvert, DiffEditorReconstruct, DiffEditorSampler, DiffEditorMaskedBlend, *EDIT_NODES,
+             *ERASURE_NODES]
 
 __all__ = ["NODE_LIST", "EDIT_TRAJECTORY", "EditTrajectoryType"]

@@ -21,7 +21,7 @@ SNAPSHOT = HERE / "schema_snapshot.json"
 ASSETS = HERE / "assets"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 CORE_NODES = ("CheckpointLoaderSimple", "CLIPTextEncode", "LoadImage", "LoadImageMask", "VAEEncode", "VAEDecode",
-              "SaveImage")
+              "SaveImage", "EmptyLatentImage", "KSampler")
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 # ------------------------------------------------------------------------------------------- graphs
@@ -99,6 +99,26 @@ def graphs() -> dict[str, dict]:
     g["spec"] = ("DiffEditorPasteSpec", {"reference": ("ref_invert", 0), "mask": ("ref_object", 0), "dx": 0,
                                          "dy": 160, "scale": 1.0})
     out["paste"] = _finish(_edit(g), "edit", "paste")
+
+    def generate(model_src, prefix, extra):
+        g = {"ckpt": ("CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}),
+             "pos": ("CLIPTextEncode", {"text": "a photo of a red car on a street", "clip": ("ckpt", 1)}),
+             "neg": ("CLIPTextEncode", {"text": "", "clip": ("ckpt", 1)}), **extra,
+             "empty": ("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}),
+             "sample": ("KSampler", {"model": model_src, "positive": ("pos", 0), "negative": ("neg", 0),
+                                     "latent_image": ("empty", 0), "seed": 42, "steps": 30, "cfg": 7.5,
+                                     "sampler_name": "ddim", "scheduler": "ddim_uniform", "denoise": 1.0})}
+        return _finish(g, "sample", prefix)
+
+    out["erase_concept"] = generate(("erase", 0), "erase", {
+        "erase": ("DiffEditorEraseConcept", {"model": ("ckpt", 0), "clip": ("ckpt", 1), "concepts": "red",
+                                             "guide": "", "preserve": "car\nstreet", "erase_scale": 1.0,
+                                             "preserve_scale": 1.0, "lam": 0.5})})
+    out["safe_guidance"] = generate(("safe", 0), "safe", {
+        "safety": ("CLIPTextEncode", {"text": "red", "clip": ("ckpt", 1)}),
+        "safe": ("DiffEditorSafeGuidance", {"model": ("ckpt", 0), "safety": ("safety", 0), "preset": "medium",
+                                            "warmup_steps": 10, "guidance_scale": 1000.0, "threshold": 0.01,
+                                            "momentum_scale": 0.3, "momentum_beta": 0.4})})
     return out
 
 

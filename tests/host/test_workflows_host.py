@@ -49,6 +49,10 @@ def shrink(graph: dict) -> dict:
         ins = node["inputs"]
         if node["class_type"] == "DiffEditorInvert":
             ins["steps"] = 4
+        if node["class_type"] == "KSampler":
+            ins["steps"] = 4
+        if node["class_type"] == "EmptyLatentImage":
+            ins["width"] = ins["height"] = SIZE
         for k in ("dx", "dy"):
             if k in ins and not isinstance(ins[k], list):
                 ins[k] = int(round(ins[k] * FACTOR / 8) * 8)
