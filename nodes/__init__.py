@@ -4,11 +4,12 @@
 """
 from .common import EDIT_TRAJECTORY, EditTrajectoryType
 from .inversion import DiffEditorInvert, DiffEditorReconstruct
+from .drag import DRAG_NODES
 from .edit import EDIT_NODES
 from .erasure import ERASURE_NODES
 from .sampler import DiffEditorMaskedBlend, DiffEditorSampler
 
 NODE_LIST = [DiffEditorInvert, DiffEditorReconstruct, DiffEditorSampler, DiffEditorMaskedBlend, *EDIT_NODES,
-             *ERASURE_NODES]
+             *ERASURE_NODES, *DRAG_NODES]
 
 __all__ = ["NODE_LIST", "EDIT_TRAJECTORY", "EditTrajectoryType"]

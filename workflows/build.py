@@ -21,7 +21,7 @@ SNAPSHOT = HERE / "schema_snapshot.json"
 ASSETS = HERE / "assets"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 CORE_NODES = ("CheckpointLoaderSimple", "CLIPTextEncode", "LoadImage", "LoadImageMask", "VAEEncode", "VAEDecode",
-              "SaveImage", "EmptyLatentImage", "KSampler")
+              "SaveImage", "EmptyLatentImage", "KSampler", "DisableNoise", "CFGGuider", "SamplerCustomAdvanced")
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 # ------------------------------------------------------------------------------------------- graphs
@@ -100,6 +100,20 @@ def graphs() -> dict[str, dict]:
                                          "dy": 160, "scale": 1.0})
     out["paste"] = _finish(_edit(g), "edit", "paste")
 
+    g = {**_base(), **_mask("region", "diffeditor_drag_region.png")}
+    g["invert"][1]["record_kv_bank"] = False
+    g["drag"] = ("DiffEditorDragOptimize", {"model": ("ckpt", 0), "positive": ("pos", 0), "negative": ("neg", 0),
+                                            "trajectory": ("invert", 0), "points": "152,176->216,176",
+                                            "strength": 0.7, "steps": 80, "lr": 0.01, "r_m": 1, "r_p": 3,
+                                            "lam": 0.1, "mask": ("region", 0)})
+    g["noise"] = ("DisableNoise", {})
+    g["guider"] = ("CFGGuider", {"model": ("ckpt", 0), "positive": ("pos", 0), "negative": ("neg", 0), "cfg": 1.0})
+    g["sampler"] = ("DiffEditorSampler", {"eta": 0.0, "eta_outside": 0.0, "eta_start": 0.0, "eta_end": 1.0})
+    g["sample"] = ("SamplerCustomAdvanced", {"noise": ("noise", 0), "guider": ("guider", 0),
+                                             "sampler": ("sampler", 0), "sigmas": ("drag", 1),
+                                             "latent_image": ("drag", 0)})
+    out["drag_loss"] = _finish(g, "sample", "drag_loss")
+
     def generate(model_src, prefix, extra):
         g = {"ckpt": ("CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}),
              "pos": ("CLIPTextEncode", {"text": "a photo of a red car on a street", "clip": ("ckpt", 1)}),
@@ -149,7 +163,10 @@ def live_schema(node_types) -> dict:
     import pack_loader
 
     pack = pack_loader.load("diffeditor")
+    import comfy_extras.nodes_custom_sampler as custom_sampler
+
     classes = dict(comfy_nodes.NODE_CLASS_MAPPINGS)
+    classes.update(custom_sampler.NODE_CLASS_MAPPINGS)
     classes.update(pack.NODE_CLASS_MAPPINGS)
     out = {}
     for t in sorted(node_types):

@@ -128,3 +128,31 @@ def test_bad_inputs(sd15_model, sdxl_model, conds, latent, source, flow_model):
         edit(sd15_model, conds, traj, app)
     with pytest.raises(ValueError, match="sde_start"):
         edit(sd15_model, conds, traj, spec, sde_start=0.5, sde_end=0.3)
+
+
+def test_drag_optimize_then_sample_on(sd15_model, conds, source):
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import Noise_EmptyNoise, SamplerCustomAdvanced
+
+    from diffeditor.nodes.drag import DiffEditorDragOptimize
+    from diffeditor.nodes.sampler import DiffEditorSampler
+
+    traj, _ = source
+    before = tm.weights_hash(sd15_model)
+    H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
+    latent, sigmas, handles = run(DiffEditorDragOptimize, model=sd15_model, positive=conds[0], negative=conds[1],
+                                  trajectory=traj, points="40,40->80,40", strength=0.7, steps=5, lr=0.01, r_m=1,
+                                  r_p=3, lam=0.1, mask=square_mask(H, W, 16, 80, 16, 110))
+    assert latent["samples"].shape == traj.shape and torch.isfinite(latent["samples"]).all()
+    assert len(sigmas) == traj.steps - 3 + 1 and len(handles.splitlines()) == 1  # 10 steps: strength 0.7 -> step 3
+    sampler = run(DiffEditorSampler, eta=0.0, eta_outside=0.0, eta_start=0.0, eta_end=1.0)[0]
+    with torch.inference_mode():
+        guider = comfy.samplers.CFGGuider(sd15_model)
+        guider.set_conds(conds[0], conds[1])
+        guider.set_cfg(1.0)
+        out = SamplerCustomAdvanced().sample(Noise_EmptyNoise(), guider, sampler, sigmas, latent)[0]["samples"]
+    assert torch.isfinite(out).all()
+    assert tm.weights_hash(sd15_model) == before
+    with pytest.raises(ValueError, match="points"):
+        run(DiffEditorDragOptimize, model=sd15_model, positive=conds[0], negative=conds[1], trajectory=traj,
+            points=f"40,40->{W + 10},40", strength=0.7, steps=5, lr=0.01, r_m=1, r_p=3, lam=0.1)
