@@ -7,9 +7,11 @@ from .inversion import DiffEditorInvert, DiffEditorReconstruct
 from .drag import DRAG_NODES
 from .edit import EDIT_NODES
 from .erasure import ERASURE_NODES
+from .image_prompt import IMAGE_PROMPT_NODES
 from .sampler import DiffEditorMaskedBlend, DiffEditorSampler
 
 NODE_LIST = [DiffEditorInvert, DiffEditorReconstruct, DiffEditorSampler, DiffEditorMaskedBlend, *EDIT_NODES,
-             *ERASURE_NODES, *DRAG_NODES]
+             *ERASURE_NODES, *DRAG_NODES,
+             *IMAGE_PROMPT_NODES]
 
 __all__ = ["NODE_LIST", "EDIT_TRAJECTORY", "EditTrajectoryType"]
