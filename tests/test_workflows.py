@@ -8,7 +8,7 @@ WF = pathlib.Path(__file__).resolve().parents[1] / "workflows"
 SCHEMA = json.loads((WF / "schema_snapshot.json").read_text())
 UI_FILES = sorted(p for p in WF.glob("*.json") if p.name != "schema_snapshot.json")
 EXPECTED = {"inversion_reconstruction", "move", "resize", "drag", "appearance_replace", "paste", "erase_concept",
-            "safe_guidance", "drag_loss"}
+            "safe_guidance", "drag_loss", "image_prompt_move"}
 
 
 def _check_value(node, inp, value):

@@ -21,7 +21,11 @@ SNAPSHOT = HERE / "schema_snapshot.json"
 ASSETS = HERE / "assets"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 CORE_NODES = ("CheckpointLoaderSimple", "CLIPTextEncode", "LoadImage", "LoadImageMask", "VAEEncode", "VAEDecode",
-              "SaveImage", "EmptyLatentImage", "KSampler", "DisableNoise", "CFGGuider", "SamplerCustomAdvanced")
+              "SaveImage", "EmptyLatentImage", "KSampler", "DisableNoise", "CFGGuider", "SamplerCustomAdvanced",
+              "CLIPVisionLoader")
+# Workflows that need weights no test machine has (a CLIP ViT-H image encoder, the released image-prompt
+# weights): validated against the schemas, not run in the CPU server test.
+NEEDS_USER_WEIGHTS = ("image_prompt_move",)
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 # ------------------------------------------------------------------------------------------- graphs
@@ -52,8 +56,9 @@ def _finish(g, latent_src, prefix):
 
 
 def _edit(g, spec="spec", **over):
-    g["edit"] = ("DiffEditorEdit", dict(KNOBS, cfg=-1.0, model=("ckpt", 0), positive=("pos", 0),
-                                        negative=("neg", 0), trajectory=("invert", 0), spec=(spec, 0), **over))
+    g["edit"] = ("DiffEditorEdit", dict(KNOBS, **dict(dict(cfg=-1.0, model=("ckpt", 0), positive=("pos", 0),
+                                                           negative=("neg", 0), trajectory=("invert", 0),
+                                                           spec=(spec, 0)), **over)))
     return g
 
 
@@ -114,6 +119,15 @@ def graphs() -> dict[str, dict]:
                                              "latent_image": ("drag", 0)})
     out["drag_loss"] = _finish(g, "sample", "drag_loss")
 
+    g = {**_base(), **_mask("object", "diffeditor_object_mask.png")}
+    g["clip_vision"] = ("CLIPVisionLoader", {"clip_name": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"})
+    g["ip_weights"] = ("DiffEditorLoadImagePrompt", {"weights": "ip_sd15_64.safetensors"})
+    g["image_prompt"] = ("DiffEditorImagePrompt", {"model": ("ckpt", 0), "clip_vision": ("clip_vision", 0),
+                                                   "image": ("image", 0), "image_prompt": ("ip_weights", 0),
+                                                   "scale": 0.1, "start": 0.2, "end": 0.4})
+    g["spec"] = ("DiffEditorMoveSpec", {"mask": ("object", 0), "dx": 96, "dy": 32, "scale": 1.0})
+    out["image_prompt_move"] = _finish(_edit(g, model=("image_prompt", 0)), "edit", "image_prompt_move")
+
     def generate(model_src, prefix, extra):
         g = {"ckpt": ("CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}),
              "pos": ("CLIPTextEncode", {"text": "a photo of a red car on a street", "clip": ("ckpt", 1)}),
@@ -149,7 +163,7 @@ def _norm_input(name, spec, required):
     for k in ("default", "min", "max", "control_after_generate", "image_upload"):
         if k in opts:
             entry[k] = opts[k]
-    if entry["type"] == "COMBO" and (opts.get("image_upload") or name == "ckpt_name"):
+    if entry["type"] == "COMBO" and (opts.get("image_upload") or name in ("ckpt_name", "clip_name", "weights")):
         entry["options"] = "files"  # listed from the user's folders: install-specific
     entry["widget"] = entry["type"] in WIDGET_TYPES and not opts.get("forceInput", False)
     return entry
