@@ -6,12 +6,13 @@ from comfy_api.latest import io
 
 from ..adapters.comfy_adapter import AnchoredSampler, make_sampler
 from ..samplers.blend import BLEND_SCHEDULES, TrajectoryAnchor, blend_window, mask_to_latent
+from ..samplers.hooks import KVInjection
 from ..samplers.sampling import sample_diffeditor
 from ..samplers.schedule import StepWindow
 from .common import CATEGORY, EditTrajectoryType, check_finite, check_mask, check_trajectory, check_window
 
 
-def _diffeditor_engine(trajectory, eta, eta_outside, window, eta_mask):
+def _diffeditor_engine(trajectory, eta, eta_outside, window, eta_mask, kv_trajectory=None, kv_mode="off"):
     """The engine call of the DiffEditor sampler; the eta MASK is resized once the latent size is known."""
 
     def engine(model, x, sigmas, extra_args=None, callback=None, disable=None, hooks=None, host=None,
@@ -19,9 +20,13 @@ def _diffeditor_engine(trajectory, eta, eta_outside, window, eta_mask):
         m = None
         if eta_mask is not None:
             m = mask_to_latent(eta_mask, tuple(x.shape), name="eta_mask")
+        kv = None
+        if kv_trajectory is not None and kv_mode != "off":
+            kv_trajectory.check_compatible(model_id=model_id, shape=tuple(x.shape), name="kv_trajectory")
+            kv = KVInjection(kv_mode, kv_trajectory.bank)
         return sample_diffeditor(model, x, sigmas, extra_args, callback, disable, trajectory=trajectory, eta=eta,
                                  eta_outside=eta_outside, eta_mask=m, eta_window=window, hooks=hooks, host=host,
-                                 model_id=model_id)
+                                 model_id=model_id, kv=kv, kv_trajectory=kv_trajectory)
 
     return engine
 
@@ -50,6 +55,13 @@ class DiffEditorSampler(io.ComfyNode):
                                                  "its inverted latent z_T. Use the same sigmas and latent size."),
                 io.Mask.Input("eta_mask", optional=True,
                               tooltip="Optional region (1 = inside) where eta applies; image or latent size."),
+                EditTrajectoryType.Input("kv_trajectory", optional=True,
+                                         tooltip="Optional trajectory (K,V bank on) whose decoder self-attention "
+                                                 "K,V are shared while sampling, MasaCtrl-style (e.g. after DiffEditor "
+                                                 "Drag Optimize); the sigmas may be a tail of its schedule."),
+                io.Combo.Input("kv_mode", options=["off", "replace", "concat"], default="replace", optional=True,
+                               tooltip="How kv_trajectory's K,V are used: replace the current ones (MasaCtrl) or "
+                                       "be appended to them."),
             ],
             outputs=[io.Sampler.Output("sampler", display_name="sampler",
                                        tooltip="SAMPLER for SamplerCustom / SamplerCustomAdvanced.")],
@@ -57,7 +69,7 @@ class DiffEditorSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, eta=0.0, eta_outside=0.0, eta_start=0.0, eta_end=1.0, trajectory=None,
-                eta_mask=None) -> io.NodeOutput:
+                eta_mask=None, kv_trajectory=None, kv_mode="replace") -> io.NodeOutput:
         eta = check_finite(eta, "eta", 0.0, 1.0)
         eta_outside = check_finite(eta_outside, "eta_outside", 0.0, 1.0)
         check_window(eta_start, eta_end, "eta_start", "eta_end")
@@ -67,8 +79,14 @@ class DiffEditorSampler(io.ComfyNode):
             check_mask(eta_mask, "eta_mask")
             if trajectory is not None:  # the latent size is known: check the mask now
                 mask_to_latent(eta_mask, trajectory.shape, name="eta_mask")
+        if kv_trajectory is not None:
+            check_trajectory(kv_trajectory, "kv_trajectory")
+            if kv_mode not in ("off", "replace", "concat"):
+                raise ValueError(f"kv_mode: expected off, replace or concat, got {kv_mode!r}")
+            if kv_mode != "off" and kv_trajectory.bank is None:
+                raise ValueError("kv_trajectory: it has no K,V bank; enable 'record_kv_bank' in DiffEditor Invert")
         window = StepWindow(float(eta_start), float(eta_end))
-        engine = _diffeditor_engine(trajectory, eta, eta_outside, window, eta_mask)
+        engine = _diffeditor_engine(trajectory, eta, eta_outside, window, eta_mask, kv_trajectory, kv_mode)
         return io.NodeOutput(make_sampler(engine, with_model_id=True))
 
 

@@ -11,9 +11,9 @@ from tqdm.auto import trange
 
 from .blend import TrajectoryAnchor
 from .ddim import ddim_step
-from .hooks import EditHooks
+from .hooks import EditHooks, KVInjection
 from .inversion import check_latent
-from .schedule import StepWindow, check_sigmas
+from .schedule import StepWindow, check_sigmas, match_step
 from .trajectory import EditTrajectory
 
 
@@ -52,13 +52,17 @@ def sample_diffeditor(model, x, sigmas, extra_args=None, callback=None, disable=
                       trajectory: EditTrajectory | None = None, blend: TrajectoryAnchor | None = None,
                       eta: float = 0.0, eta_outside: float = 0.0, eta_mask: torch.Tensor | None = None,
                       eta_window: StepWindow | None = None, seed: int | None = None,
-                      hooks: EditHooks | None = None, host=None, model_id: str | None = None):
+                      hooks: EditHooks | None = None, host=None, model_id: str | None = None,
+                      kv: KVInjection | None = None, kv_trajectory: EditTrajectory | None = None):
     """Deterministic DDIM with optional regional SDE and trajectory lock.
 
     * ``trajectory``: start from its z_T (``x`` is then only used for its shape/device) — reconstruction;
     * ``eta``/``eta_outside``/``eta_mask``/``eta_window``: stochastic steps with ``eta`` inside the mask and
       ``eta_outside`` outside it, on the steps of ``eta_window`` (all steps when ``None``), one shared noise;
-    * ``blend``: keep the latent outside its mask equal to its trajectory (hard lock after each step).
+    * ``blend``: keep the latent outside its mask equal to its trajectory (hard lock after each step);
+    * ``kv`` + ``kv_trajectory``: share self-attention K,V with the source (MasaCtrl-style visual
+      cross-attention, needs ``hooks`` wired into the model); ``sigmas`` may be a tail of the trajectory's
+      schedule (e.g. sampling on after a drag optimisation), the bank is read at the matching steps.
     """
     extra_args = {} if extra_args is None else extra_args
     check_sigmas(sigmas, "sigmas")
@@ -72,12 +76,22 @@ def sample_diffeditor(model, x, sigmas, extra_args=None, callback=None, disable=
     noise = NoiseSource(seed) if stochastic else None
     if blend is not None:
         blend.trajectory.check_compatible(sigmas=sigmas, shape=tuple(x.shape), name="blend trajectory")
+    offset = 0
+    if kv is not None:
+        if hooks is None or kv_trajectory is None:
+            raise ValueError("K,V sharing needs the hooks and the trajectory whose bank is shared")
+        offset = match_step(float(sigmas[0]), kv_trajectory.sigmas)
+        if offset is None or offset + n > kv_trajectory.steps or not torch.allclose(
+                sigmas.float().cpu(), kv_trajectory.sigmas[offset:offset + n + 1], rtol=1e-4, atol=1e-6):
+            raise ValueError("sigmas: K,V sharing needs the sampling sigmas to be (a tail of) the trajectory's "
+                             "schedule")
+        saved_inject, hooks.inject = hooks.inject, kv
     s_in = x.new_ones([x.shape[0]])
     for i in trange(n, disable=disable):
         if host is not None:
             host.check_interrupt()
         if hooks is not None:
-            hooks.step = i
+            hooks.step = i + offset
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
@@ -90,4 +104,6 @@ def sample_diffeditor(model, x, sigmas, extra_args=None, callback=None, disable=
             x = blend.lock(x, i + 1, i)
     if hooks is not None:
         hooks.step = None
+        if kv is not None:
+            hooks.inject = saved_inject
     return x

@@ -289,3 +289,30 @@ def test_bad_inputs_name_the_input(tiny_unet, text_pair, latent):
     with pytest.raises(ValueError, match="mask has batch 3"):
         mask_to_latent(torch.ones(3, 128, 128), latent.shape)
     assert model_id(tiny_unet) == model_id(tiny_unet)
+
+
+def test_kv_sharing_on_a_tail_of_the_schedule_reads_the_matching_bank_steps(tiny_unet, text_pair, latent):
+    cond, _ = text_pair
+    hooks = EditHooks()
+    den = DiffusersDenoiser(tiny_unet, cond, hooks=hooks)
+    sig = ddim_sigmas(10)
+    # exact inversion: the last fixed-point call evaluates the converged latent, i.e. the sampling path
+    tr = invert(den, latent, sig, hooks=hooks, bank=KVBank(dtype=torch.float32), exact_iters=8, exact_tol=1e-7,
+                disable=True)
+    read = []
+
+    class Spy(KVBank):
+        def get(self, layer, step, like=None):
+            read.append(step)
+            return tr.bank.get(layer, step, like)
+
+    k = 4
+    shared = sample_diffeditor(den, tr.latents[k], sig[k:], kv=KVInjection("replace", Spy()), kv_trajectory=tr,
+                               hooks=hooks, disable=True)
+    plain = sample_diffeditor(den, tr.latents[k], sig[k:], disable=True)
+    assert sorted(set(read)) == list(range(k, 10))
+    # replacing K,V with those recorded on the same trajectory reproduces the source path (the bank is fp32)
+    assert torch.allclose(shared, plain, atol=1e-4)
+    with pytest.raises(ValueError, match="a tail of"):
+        sample_diffeditor(den, tr.latents[k], ddim_sigmas(6), kv=KVInjection("replace", tr.bank), kv_trajectory=tr,
+                          hooks=hooks, disable=True)

@@ -106,14 +106,14 @@ def graphs() -> dict[str, dict]:
     out["paste"] = _finish(_edit(g), "edit", "paste")
 
     g = {**_base(), **_mask("region", "diffeditor_drag_region.png")}
-    g["invert"][1]["record_kv_bank"] = False
     g["drag"] = ("DiffEditorDragOptimize", {"model": ("ckpt", 0), "positive": ("pos", 0), "negative": ("neg", 0),
                                             "trajectory": ("invert", 0), "points": "152,176->216,176",
                                             "strength": 0.7, "steps": 80, "lr": 0.01, "r_m": 1, "r_p": 3,
                                             "lam": 0.1, "mask": ("region", 0)})
     g["noise"] = ("DisableNoise", {})
     g["guider"] = ("CFGGuider", {"model": ("ckpt", 0), "positive": ("pos", 0), "negative": ("neg", 0), "cfg": 1.0})
-    g["sampler"] = ("DiffEditorSampler", {"eta": 0.0, "eta_outside": 0.0, "eta_start": 0.0, "eta_end": 1.0})
+    g["sampler"] = ("DiffEditorSampler", {"eta": 0.0, "eta_outside": 0.0, "eta_start": 0.0, "eta_end": 1.0,
+                                          "kv_trajectory": ("invert", 0), "kv_mode": "replace"})
     g["sample"] = ("SamplerCustomAdvanced", {"noise": ("noise", 0), "guider": ("guider", 0),
                                              "sampler": ("sampler", 0), "sigmas": ("drag", 1),
                                              "latent_image": ("drag", 0)})

@@ -156,3 +156,26 @@ def test_drag_optimize_then_sample_on(sd15_model, conds, source):
     with pytest.raises(ValueError, match="points"):
         run(DiffEditorDragOptimize, model=sd15_model, positive=conds[0], negative=conds[1], trajectory=traj,
             points=f"40,40->{W + 10},40", strength=0.7, steps=5, lr=0.01, r_m=1, r_p=3, lam=0.1)
+
+
+def test_sampler_shares_kv_after_a_drag(sd15_model, conds, source):
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import Noise_EmptyNoise, SamplerCustomAdvanced
+
+    from diffeditor.nodes.drag import DiffEditorDragOptimize
+    from diffeditor.nodes.sampler import DiffEditorSampler
+
+    traj, _ = source
+    latent, sigmas, _ = run(DiffEditorDragOptimize, model=sd15_model, positive=conds[0], negative=conds[1],
+                            trajectory=traj, points="40,40->80,40", strength=0.7, steps=3, lr=0.01, r_m=1, r_p=3,
+                            lam=0.1)
+    outs = []
+    for kv in (None, traj):
+        sampler = run(DiffEditorSampler, eta=0.0, eta_outside=0.0, eta_start=0.0, eta_end=1.0, kv_trajectory=kv,
+                      kv_mode="replace")[0]
+        with torch.inference_mode():
+            guider = comfy.samplers.CFGGuider(sd15_model)
+            guider.set_conds(conds[0], conds[1])
+            guider.set_cfg(1.0)
+            outs.append(SamplerCustomAdvanced().sample(Noise_EmptyNoise(), guider, sampler, sigmas, latent)[0]["samples"])
+    assert torch.isfinite(outs[1]).all() and not torch.allclose(outs[0], outs[1])
