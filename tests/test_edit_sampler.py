@@ -1,7 +1,6 @@
 """The editing loop (Algorithm 1): schedules, time travel, regional SDE, NFE accounting."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from diffeditor.adapters.diffusers_adapter import DiffusersDenoiser, DiffusersHost
 from diffeditor.samplers.blend import TrajectoryAnchor
@@ -11,28 +10,7 @@ from diffeditor.samplers.hooks import EditHooks, KVBank
 from diffeditor.samplers.inversion import invert
 from diffeditor.samplers.schedule import ddim_sigmas, window_steps
 
-
-class ToyTask:
-    """A minimal task: pull the edit region's features toward the source's, keep the rest."""
-
-    reference = None
-    ref_mask_latent = None
-
-    def __init__(self, mask):
-        self.edit_mask = mask
-        self.sde_mask = mask
-
-    def energy(self, feats, ref, ref2):
-        lvl = max(feats)
-        f, r = feats[lvl], ref[lvl]
-        cos = F.cosine_similarity(f, r, dim=1)[:, None]
-        m = F.interpolate(self.edit_mask, size=f.shape[-2:], mode="nearest")
-        e_edit = 1.0 / (1.0 + 4.0 * (cos * m).sum() / m.sum().clamp_min(1))
-        e_con = 1.0 / (1.0 + 4.0 * (cos * (1 - m)).sum() / (1 - m).sum().clamp_min(1))
-        return e_edit, e_con
-
-    def init_latent(self, z, zr):
-        return z
+from tiny_models import ToyTask
 
 
 @pytest.fixture(scope="module")

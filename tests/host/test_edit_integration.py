@@ -4,36 +4,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from diffeditor.adapters.comfy_adapter import make_sampler
+from tiny_models import ToyTask
 
 edit = pytest.importorskip("diffeditor.samplers.edit")
 
 STEPS = 10
-
-
-class ToyTask:
-    """Pull the edit region's features toward the source's, keep the rest (as the engine's own test)."""
-
-    reference = None
-    ref_mask = None
-
-    def __init__(self, mask):
-        self.edit_mask = mask
-        self.sde_mask = mask
-
-    def energy(self, feats, ref, ref2):
-        lvl = max(feats)
-        f, r = feats[lvl], ref[lvl]
-        cos = F.cosine_similarity(f, r, dim=1)[:, None]
-        m = F.interpolate(self.edit_mask, size=f.shape[-2:], mode="nearest")
-        e_edit = 1.0 / (1.0 + 4.0 * (cos * m).sum() / m.sum().clamp_min(1))
-        e_con = 1.0 / (1.0 + 4.0 * (cos * (1 - m)).sum() / (1 - m).sum().clamp_min(1))
-        return e_edit, e_con
-
-    def init_latent(self, z, zr):
-        return z
 
 
 @pytest.fixture(scope="module")
