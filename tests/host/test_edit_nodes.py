@@ -86,13 +86,20 @@ def test_edit_sampler_in_sampler_custom_advanced(sd15_model, conds, source):
     assert out.shape == traj.shape and torch.isfinite(out).all()
 
 
-def test_sdxl_move(sdxl_model, sdxl_conds):
+def test_sdxl_every_task(sdxl_model, sdxl_conds):
     lat = tm.random_latent(5)
     traj, _, _ = invert(sdxl_model, sdxl_conds, lat)
+    ref, _, _ = invert(sdxl_model, sdxl_conds, {"samples": lat["samples"].flip(-1)})
     H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
-    spec = run(DiffEditorMoveSpec, mask=square_mask(H, W, 32, 64, 24, 56), dx=32, dy=0, scale=1.0)[0]
-    out = edit(sdxl_model, sdxl_conds, traj, spec)
-    assert out.shape == traj.shape and torch.isfinite(out).all()
+    m = square_mask(H, W, 32, 64, 24, 56)
+    specs = [run(DiffEditorMoveSpec, mask=m, dx=32, dy=0, scale=1.0)[0],
+             run(DiffEditorMoveSpec, mask=m, dx=0, dy=0, scale=1.3)[0],
+             run(DiffEditorDragSpec, points="40,40->72,48")[0],
+             run(DiffEditorAppearanceSpec, mask=m, reference=ref, ref_mask=m)[0],
+             run(DiffEditorPasteSpec, reference=ref, mask=m, dx=32, dy=16, scale=1.0)[0]]
+    for spec in specs:
+        out = edit(sdxl_model, sdxl_conds, traj, spec)
+        assert out.shape == traj.shape and torch.isfinite(out).all(), spec.task
 
 
 def test_bad_inputs(sd15_model, sdxl_model, conds, latent, source, flow_model):

@@ -83,3 +83,25 @@ def test_image_prompt_bad_inputs(sd15_model):
         run(model=sd15_model, clip_vision=FakeClipVision(), image=img, image_prompt=bad, scale=0.1, start=0.2, end=0.4)
     with pytest.raises(ValueError, match="start"):
         run(model=sd15_model, clip_vision=FakeClipVision(), image=img, image_prompt=ip, scale=0.1, start=0.5, end=0.4)
+
+
+def test_load_image_prompt_from_the_models_folder(tmp_path, monkeypatch):
+    import folder_paths
+    from safetensors.torch import save_file
+
+    from diffeditor.nodes.image_prompt import FOLDER, DiffEditorLoadImagePrompt
+
+    torch.manual_seed(0)
+    r = Resampler(8, 32, 2, heads=4, dim_head=8, embedding_dim=EMB, output_dim=tm.CONTEXT_DIM)
+    flat = {f"image_proj.{k}": v.contiguous() for k, v in r.state_dict().items()}
+    flat.update({"ip_adapter.1.to_k_ip.weight": torch.randn(16, tm.CONTEXT_DIM),
+                 "ip_adapter.1.to_v_ip.weight": torch.randn(16, tm.CONTEXT_DIM)})
+    save_file(flat, str(tmp_path / "ip_test.safetensors"))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, FOLDER, ([str(tmp_path)], {".safetensors", ".bin"}))
+    folder_paths.filename_list_cache.pop(FOLDER, None)
+    with torch.inference_mode():
+        out = DiffEditorLoadImagePrompt.execute(weights="ip_test.safetensors").result[0]
+    assert out["resampler"].latents.shape == (1, 8, 32) and sorted(out["adapter"].layers) == [1]
+    with pytest.raises(ValueError, match="weights"):
+        with torch.inference_mode():
+            DiffEditorLoadImagePrompt.execute(weights="nope.safetensors")
