@@ -1,46 +1,103 @@
-"""Every example workflow (UI format and API twin) is consistent with the node schemas (snapshot)."""
+"""Every example workflow (UI format and API twin) is consistent with the node schemas (snapshot).
+
+No ComfyUI needed: ``workflows/schema/schema_snapshot.json`` holds the schemas (the host tier checks it against
+the live nodes and runs every API workflow in a real server). The UI-format rules follow the front end
+(comfyui-frontend-package 1.27): ``widgets_values`` are the widgets in input order (required, then optional),
+an INT/COMBO with ``control_after_generate`` is followed by its mode (a COMBO also by a filter string), and a
+required ``image_upload`` combo adds an upload button, created last and saved as ``"image"``.
+"""
+import importlib.util
 import json
 import pathlib
 
 import pytest
 
 WF = pathlib.Path(__file__).resolve().parents[1] / "workflows"
-SCHEMA = json.loads((WF / "schema_snapshot.json").read_text())
-UI_FILES = sorted(p for p in WF.glob("*.json") if p.name != "schema_snapshot.json")
+SCHEMA = json.loads((WF / "schema" / "schema_snapshot.json").read_text())
+UI_FILES = sorted(WF.glob("*.json"))
 EXPECTED = {"inversion_reconstruction", "move", "resize", "drag", "appearance_replace", "paste", "erase_concept",
             "safe_guidance", "drag_loss", "image_prompt_move"}
+FRONTEND_ONLY = {"MarkdownNote", "Note"}
+# DiffEditor Edit: the task its spec node describes
+SPEC_TASK = {"DiffEditorMoveSpec": "move", "DiffEditorDragSpec": "drag", "DiffEditorAppearanceSpec": "appearance",
+             "DiffEditorPasteSpec": "paste"}
 
 
-def _check_value(node, inp, value):
-    where = f"{node} input {inp['name']}"
+def _build():
+    spec = importlib.util.spec_from_file_location("diffeditor_workflow_build", WF / "build.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _load(path):
+    return json.loads(path.read_text()), json.loads((WF / "api" / path.name).read_text())
+
+
+def _check_value(where, inp, value):
     t = inp["type"]
     if t == "COMBO":
         if inp.get("image_upload"):
-            assert (WF / "assets" / value).is_file(), f"{where}: asset {value} is not shipped in workflows/assets"
+            assert isinstance(value, str) and (WF / "assets" / value).is_file(), \
+                f"{where}: {value!r} is not shipped in workflows/assets"
         elif inp["options"] == "files":
             assert isinstance(value, str) and value.endswith(".safetensors"), f"{where}: {value!r}"
         else:
             assert value in inp["options"], f"{where}: {value!r} not in {inp['options']}"
     elif t in ("INT", "FLOAT"):
         assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {value!r} is not a number"
+        assert inp.get("min", value) <= value <= inp.get("max", value), \
+            f"{where}: {value} not in [{inp.get('min')}, {inp.get('max')}]"
         if t == "INT":
             assert float(value).is_integer(), f"{where}: {value!r} is not an integer"
-        assert inp.get("min", value) <= value <= inp.get("max", value), f"{where}: {value} out of range"
+            step = inp.get("step", 1)
+            assert step <= 1 or value % step == 0, f"{where}: {value} is not a multiple of the step {step}"
     elif t == "BOOLEAN":
-        assert isinstance(value, bool), where
+        assert isinstance(value, bool), f"{where}: {value!r} is not a boolean"
     elif t == "STRING":
-        assert isinstance(value, str), where
+        assert isinstance(value, str), f"{where}: {value!r} is not a string"
+    else:
+        raise AssertionError(f"{where}: unexpected widget type {t}")
+
+
+def _ui_widgets_by_name(node):
+    """Read a UI node's ``widgets_values`` back into {input name: value} by the front end's rules."""
+    inputs = SCHEMA[node["type"]]["inputs"]
+    values, rest = {}, list(node["widgets_values"])
+    where = f"node {node['id']} ({node['type']}) widgets_values {node['widgets_values']}"
+    for i in inputs:
+        if not i["widget"]:
+            continue
+        assert rest, f"{where}: no value for {i['name']}"
+        values[i["name"]] = rest.pop(0)
+        if i.get("control_after_generate"):
+            assert rest and rest.pop(0) in ("fixed", "increment", "decrement", "randomize"), \
+                f"{where}: control_after_generate mode after {i['name']}"
+            if i["type"] == "COMBO":
+                assert rest and isinstance(rest.pop(0), str), f"{where}: combo filter after {i['name']}"
+    if any(i.get("image_upload") for i in inputs if i["required"]):
+        assert rest == ["image"], f"{where}: the upload button's value must come last"
+        rest = []
+    assert not rest, f"{where}: extra values {rest}"
+    return values
 
 
 def test_every_task_has_a_ui_workflow_and_an_api_twin():
     names = {p.stem for p in UI_FILES}
-    assert EXPECTED <= names
+    assert EXPECTED <= names, f"missing: {EXPECTED - names}"
     assert names == {p.stem for p in (WF / "api").glob("*.json")}
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_top_level_json_is_a_ui_workflow(path):
+    """ComfyUI lists every ``workflows/*.json`` in its template browser: nothing else may live there."""
+    ui = json.loads(path.read_text())
+    assert {"nodes", "links", "last_node_id", "last_link_id", "version"} <= set(ui), path.name
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
 def test_api_workflow_is_valid(path):
-    api = json.loads((WF / "api" / path.name).read_text())
+    _, api = _load(path)
     for nid, node in api.items():
         t = node["class_type"]
         assert t in SCHEMA, f"node {nid}: unknown type {t}"
@@ -49,38 +106,131 @@ def test_api_workflow_is_valid(path):
             assert name in schema, f"node {nid} ({t}): no input named {name}"
             inp = schema[name]
             if isinstance(value, list):
-                src = api[value[0]]
-                out = SCHEMA[src["class_type"]]["outputs"][value[1]]
-                assert out["type"] == inp["type"], f"node {nid}.{name}: {out['type']} linked into {inp['type']}"
+                assert len(value) == 2 and value[0] in api, f"node {nid}.{name}: bad link {value}"
+                outs = SCHEMA[api[value[0]]["class_type"]]["outputs"]
+                assert 0 <= value[1] < len(outs), f"node {nid}.{name}: no output {value[1]} on node {value[0]}"
+                assert outs[value[1]]["type"] == inp["type"], \
+                    f"node {nid}.{name}: {outs[value[1]]['type']} linked into {inp['type']}"
             else:
                 assert inp["widget"], f"node {nid}.{name}: a widget value for a socket input"
-                _check_value(f"node {nid} ({t})", inp, value)
+                _check_value(f"node {nid} ({t}).{name}", inp, value)
         missing = [n for n, i in schema.items() if i["required"] and n not in node["inputs"]]
         assert not missing, f"node {nid} ({t}): required inputs missing: {missing}"
-    assert any(n["class_type"] == "SaveImage" for n in api.values())
+    assert any(n["class_type"] == "SaveImage" for n in api.values()), "no SaveImage"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_workflow_is_valid(path):
+    ui, _ = _load(path)
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    assert len(nodes) == len(ui["nodes"]) and ui["last_node_id"] == max(nodes)
+    links = {l[0]: l for l in ui["links"]}
+    assert len(links) == len(ui["links"]) and ui["last_link_id"] == max(links)
+    for lid, src, src_slot, dst, dst_slot, typ in ui["links"]:
+        out = nodes[src]["outputs"][src_slot]
+        inp = nodes[dst]["inputs"][dst_slot]
+        assert lid in out["links"] and inp["link"] == lid, f"link {lid} is not wired on both ends"
+        assert typ == out["type"] == inp["type"], f"link {lid}: {out['type']} -> {inp['type']} ({typ})"
+    for n in ui["nodes"]:
+        where = f"node {n['id']} ({n['type']})"
+        assert n.get("title"), f"{where}: give it a title"
+        if n["type"] in FRONTEND_ONLY:
+            assert not n["inputs"] and not n["outputs"] and len(n["widgets_values"]) == 1
+            continue
+        schema = SCHEMA[n["type"]]
+        sockets = [i for i in schema["inputs"] if not i["widget"]]
+        assert [(i["name"], i["type"]) for i in n["inputs"]] == [(i["name"], i["type"]) for i in sockets], \
+            f"{where}: the socket inputs must be those of the schema, in order"
+        for i, s in zip(n["inputs"], sockets):
+            assert i["link"] is not None or not s["required"], f"{where}: required input {i['name']} not linked"
+            assert i["link"] is None or links[i["link"]][3:5] == [n["id"], n["inputs"].index(i)]
+        assert [(o["name"], o["type"]) for o in n["outputs"]] == \
+               [(o["name"], o["type"]) for o in schema["outputs"]], f"{where}: outputs"
+        for o in n["outputs"]:
+            assert all(links[l][1:3] == [n["id"], o["slot_index"]] for l in o["links"] or [])
+        for name, value in _ui_widgets_by_name(n).items():
+            _check_value(f"{where}.{name}", {i["name"]: i for i in schema["inputs"]}[name], value)
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
 def test_ui_workflow_matches_its_api_twin(path):
-    ui = json.loads(path.read_text())
-    api = json.loads((WF / "api" / path.name).read_text())
-    nodes = {str(n["id"]): n for n in ui["nodes"]}
-    assert set(nodes) == set(api) and ui["last_node_id"] == len(nodes)
+    ui, api = _load(path)
+    nodes = {str(n["id"]): n for n in ui["nodes"] if n["type"] not in FRONTEND_ONLY}
+    assert set(nodes) == set(api)
     links = {l[0]: l for l in ui["links"]}
-    assert ui["last_link_id"] == len(links)
     for nid, n in nodes.items():
         assert n["type"] == api[nid]["class_type"]
-        schema = SCHEMA[n["type"]]["inputs"]
-        widgets = [i for i in schema if i["widget"]]
-        expected = []
-        for i in widgets:
-            expected.append(api[nid]["inputs"][i["name"]])
-            expected += ["fixed"] if i.get("control_after_generate") else []
-            expected += ["image"] if i.get("image_upload") else []
-        assert n["widgets_values"] == expected, f"node {nid} widgets"
-        for slot, inp in enumerate(n["inputs"]):
-            lid, src, src_slot, dst, dst_slot, typ = links[inp["link"]]
-            assert (dst, dst_slot) == (n["id"], slot)
-            assert api[nid]["inputs"][inp["name"]] == [str(src), src_slot]
-            assert typ == inp["type"] == SCHEMA[nodes[str(src)]["type"]]["outputs"][src_slot]["type"]
-            assert lid in nodes[str(src)]["outputs"][src_slot]["links"]
+        assert n["title"] == api[nid]["_meta"]["title"]
+        wired = {i["name"]: [str(links[i["link"]][1]), links[i["link"]][2]] for i in n["inputs"]
+                 if i["link"] is not None}
+        assert {**wired, **_ui_widgets_by_name(n)} == api[nid]["inputs"], f"node {nid} ({n['type']})"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_layout_reads_left_to_right(path):
+    ui, _ = _load(path)
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    for _, src, _, dst, _, _ in ui["links"]:
+        assert nodes[src]["pos"][0] + nodes[src]["size"][0] <= nodes[dst]["pos"][0], \
+            f"link {nodes[src]['title']} -> {nodes[dst]['title']} runs right to left"
+    boxes = [(n["pos"][0], n["pos"][1], n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]) for n in ui["nodes"]]
+    for a in range(len(boxes)):
+        for b in range(a):
+            A, B = boxes[a], boxes[b]
+            assert A[2] <= B[0] or B[2] <= A[0] or A[3] <= B[1] or B[3] <= A[1], \
+                f"{ui['nodes'][a]['title']} overlaps {ui['nodes'][b]['title']}"
+
+
+def test_committed_files_are_the_builder_output():
+    """No hand edits, no stale files: ``python workflows/build.py`` reproduces every committed workflow."""
+    build = _build()
+    for name, g in build.graphs().items():
+        ui, api = _load(WF / f"{name}.json")
+        assert build.to_ui(g, SCHEMA, name) == ui, f"{name}.json differs from build.py's output"
+        assert build.to_api(g, SCHEMA, name) == api, f"api/{name}.json differs from build.py's output"
+    assert build.used_types() == set(SCHEMA), "the snapshot covers exactly the node types the builder knows"
+
+
+def test_snapshot_covers_every_node_type_used():
+    used = {n["class_type"] for p in (WF / "api").glob("*.json") for n in json.loads(p.read_text()).values()}
+    assert used <= set(SCHEMA)
+
+
+def test_official_presets():
+    """50 DDIM steps on ddim_uniform for every inversion; each edit's cfg is the task's official value."""
+    from diffeditor.guidance.energies import TASK_DEFAULTS
+
+    for path in UI_FILES:
+        _, api = _load(path)
+        for nid, node in api.items():
+            if node["class_type"] == "DiffEditorInvert":
+                assert (node["inputs"]["steps"], node["inputs"]["scheduler"]) == (50, "ddim_uniform"), path.stem
+            if node["class_type"] == "DiffEditorEdit":
+                spec = api[node["inputs"]["spec"][0]]["class_type"]
+                assert node["inputs"]["cfg"] == TASK_DEFAULTS[SPEC_TASK[spec]]["cfg"], f"{path.stem}: edit cfg"
+            if node["class_type"] == "EmptyLatentImage":
+                assert (node["inputs"]["width"], node["inputs"]["height"]) == (512, 512), path.stem
+
+
+def test_assets_are_shipped_small_and_all_used():
+    from PIL import Image
+
+    used = set()
+    for path in UI_FILES:
+        _, api = _load(path)
+        used |= {n["inputs"]["image"] for n in api.values() if n["class_type"] in ("LoadImage", "LoadImageMask")}
+    shipped = {p.name for p in (WF / "assets").iterdir()}
+    assert used <= shipped, f"not shipped: {used - shipped}"
+    assert shipped <= used, f"shipped but unused: {shipped - used}"
+    for name in shipped:
+        p = WF / "assets" / name
+        assert p.stat().st_size < 64_000, f"{name}: keep the assets small"
+        with Image.open(p) as im:
+            assert im.size == (512, 512), name
+            if "mask" in name or "region" in name:
+                assert im.mode == "L", f"{name}: masks are grayscale (white = 1)"
+                hist = im.histogram()
+                assert sum(hist[1:255]) == 0, f"{name}: masks are binary"
+                assert hist[0] and hist[255], f"{name}: empty or full mask"
+            else:
+                assert im.mode == "RGB", name

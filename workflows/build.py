@@ -1,13 +1,23 @@
 """Build the example workflows (UI format + API twins), their image assets and the schema snapshot.
 
-    COMFYUI_ROOT=/path/to/ComfyUI python workflows/build.py     # refresh schema_snapshot.json from live nodes
+    COMFYUI_ROOT=/path/to/ComfyUI python workflows/build.py     # refresh schema/schema_snapshot.json from live nodes
     python workflows/build.py                                   # rebuild the JSON from the committed snapshot
 
-Each workflow is described once (nodes, widget values by input name, links) and written as the UI format
-the ComfyUI front end loads (``workflows/<name>.json``, drag onto the canvas) and the API format
-``/prompt`` accepts (``workflows/api/<name>.json``). Widget order, types and links are read from
-``schema_snapshot.json`` (node inputs/outputs as ComfyUI's /object_info reports them), which the default
-test tier validates against and the host tier checks against the live schemas.
+Each workflow is described once (nodes, widget values by input name, links) and written as
+
+* the UI format the ComfyUI front end loads: ``workflows/<name>.json`` (drag it onto the canvas; ComfyUI also
+  lists this folder in its template browser, see the README), and
+* the API format ``/prompt`` accepts: ``workflows/api/<name>.json``.
+
+Widget order, socket types and links come from ``schema/schema_snapshot.json`` (node inputs/outputs as ComfyUI's
+/object_info reports them). The default test tier validates the workflows against it; the host tier checks it
+against the live schemas, so it cannot go stale. The snapshot sits in a sub-folder on purpose: ComfyUI lists
+every ``workflows/*.json`` as a template.
+
+UI-format widget values follow the front end (comfyui-frontend-package 1.27): the widgets in input order
+(required, then optional); an INT/COMBO with ``control_after_generate`` is followed by its mode (``"fixed"``;
+a COMBO also by an empty filter string); a required ``image_upload`` combo adds an ``upload`` button widget,
+which is not in /object_info's ``input_order``, so the front end creates it last and saves it as ``"image"``.
 """
 from __future__ import annotations
 
@@ -17,24 +27,80 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-SNAPSHOT = HERE / "schema_snapshot.json"
+SNAPSHOT = HERE / "schema" / "schema_snapshot.json"
 ASSETS = HERE / "assets"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 CORE_NODES = ("CheckpointLoaderSimple", "CLIPTextEncode", "LoadImage", "LoadImageMask", "VAEEncode", "VAEDecode",
               "SaveImage", "EmptyLatentImage", "KSampler", "DisableNoise", "CFGGuider", "SamplerCustomAdvanced",
               "CLIPVisionLoader")
+# Front-end-only node types (no Python class, never in the API format).
+FRONTEND_ONLY = ("MarkdownNote",)
 # Workflows that need weights no test machine has (a CLIP ViT-H image encoder, the released image-prompt
 # weights): validated against the schemas, not run in the CPU server test.
 NEEDS_USER_WEIGHTS = ("image_prompt_move",)
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+FILE_COMBOS = ("ckpt_name", "clip_name", "weights")  # listed from the user's model folders: install-specific
 
 # ------------------------------------------------------------------------------------------- graphs
+# A graph is {key: (node type, {input name: widget value | (source key, output index)})}, in execution order.
 PROMPT = "a red circle, a blue square and a green triangle on a sand background"
+# Official DiffEditor presets: 50 DDIM steps on the ddim_uniform schedule, inversion without CFG.
 INVERT = dict(steps=50, scheduler="ddim_uniform", cfg=1.0, exact=False, exact_iters=10, record_kv_bank=True,
               bank_start=0.0, bank_end=1.0, kv_budget_mb=4096.0)
 KNOBS = dict(preset="DiffEditor", seed=42, energy=-1.0, regional=True, guidance_end=-1.0, sde_strength=-1.0,
              sde_start=0.22, sde_end=0.4, time_travel_repeats=-1, time_travel_start=0.44, time_travel_end=0.6,
              visual_cross_attention="auto", kv_start=-1.0, kv_end=-1.0)
+# The edit's classifier-free guidance, written out (not -1 = auto) so artists see it: the official value per
+# task (guidance.energies.TASK_DEFAULTS; tests/test_workflows.py keeps the two in sync).
+EDIT_TASK = {"move": "move", "resize": "move", "drag": "drag", "appearance_replace": "appearance",
+             "paste": "paste", "image_prompt_move": "move"}
+TASK_CFG = {"move": 4.0, "drag": 4.0, "appearance": 5.0, "paste": 4.0}
+
+TITLES = {
+    "ckpt": "Load Checkpoint (SD1.5)", "pos": "Prompt (describe the image)", "neg": "Negative prompt",
+    "image": "Source image", "encode": "VAE Encode (source)", "invert": "DiffEditor Invert (DDIM, K,V bank)",
+    "reconstruct": "DiffEditor Reconstruct", "object": "Object mask (white = object)",
+    "region": "Editable region (white = may change)", "ref_image": "Reference image",
+    "ref_encode": "VAE Encode (reference)", "ref_invert": "DiffEditor Invert (reference)",
+    "ref_object": "Reference object mask (white = object)", "edit": "DiffEditor Edit", "decode": "VAE Decode",
+    "save": "Save Image", "drag": "DiffEditor Drag Optimize", "noise": "Disable Noise (deterministic)",
+    "guider": "CFG Guider", "sampler": "DiffEditor Sampler (DDIM)", "sample": "Sample the rest",
+    "clip_vision": "CLIP Vision (ViT-H/14)", "ip_weights": "DiffEditor Load Image Prompt",
+    "image_prompt": "DiffEditor Image Prompt", "erase": "DiffEditor Erase Concept (UCE)",
+    "safety": "Unsafe concept (prompt)", "safe": "DiffEditor Safe Guidance (SLD)", "empty": "Empty Latent 512x512",
+}
+SPEC_TITLES = {"move": "Move spec (dx, dy in pixels)", "resize": "Resize spec (scale about the centre)",
+               "drag": "Drag spec (x1,y1->x2,y2 in pixels)", "appearance_replace": "Appearance spec",
+               "paste": "Paste spec (dx, dy from the reference)", "image_prompt_move": "Move spec (dx, dy in pixels)"}
+
+_IMAGES = ("Images: copy `workflows/assets/*.png` of ComfyUI-DiffEditor into `ComfyUI/input/` "
+           "(masks: white = 1).\n\nCheckpoint: any SD1.5 checkpoint (`v1-5-pruned-emaonly.safetensors` here).")
+_EDIT = ("Invert the source once (DDIM, 50 steps, K,V bank on), describe the edit with a spec node, and "
+         "DiffEditor Edit samples it. Leave -1 knobs on auto (the official preset for the task).")
+NOTES = {
+    "inversion_reconstruction": "## Inversion / reconstruction\n\nDDIM-invert the source (50 steps, "
+                                "ddim_uniform) and sample it back: the output should match the input.\n\n" + _IMAGES,
+    "move": "## Move an object\n\n" + _EDIT + " The Move spec shifts the masked object by dx, dy pixels.\n\n" + _IMAGES,
+    "resize": "## Resize an object\n\n" + _EDIT + " The spec scales the masked object about its centre.\n\n"
+              + _IMAGES,
+    "drag": "## Drag points\n\n" + _EDIT + " Drag points are `x1,y1->x2,y2` pairs in pixels (one per line); the "
+            "mask limits what may change.\n\n" + _IMAGES,
+    "appearance_replace": "## Replace appearance\n\n" + _EDIT + " The reference image is inverted the same way; "
+                          "the masked object takes the appearance of the reference object.\n\n" + _IMAGES,
+    "paste": "## Paste an object\n\n" + _EDIT + " The masked object of the reference image is pasted into the "
+             "source, shifted by dx, dy pixels.\n\n" + _IMAGES,
+    "drag_loss": "## Drag with the drag loss\n\nOptimise the latent at the strength step (DragDiffusion-style "
+                 "motion supervision), then sample the rest with any sampler (here deterministic DDIM).\n\n"
+                 + _IMAGES,
+    "image_prompt_move": "## Move with DiffEditor's image prompt\n\nNeeds the CLIP ViT-H/14 image encoder in "
+                         "`models/clip_vision/` and DiffEditor's `ip_sd15_64` weights in `models/diffeditor/`.\n\n"
+                         + _EDIT + "\n\n" + _IMAGES,
+    "erase_concept": "## Erase a concept (UCE)\n\nEdits the cross-attention projections so the concepts are no "
+                     "longer drawn (one per line); `preserve` lists concepts to keep.\n\nCheckpoint: any SD1.5 "
+                     "checkpoint.",
+    "safe_guidance": "## Safe latent diffusion (SLD)\n\nSteers sampling away from the concept in the "
+                     "`Unsafe concept` prompt.\n\nCheckpoint: any SD1.5 checkpoint.",
+}
 
 
 def _base(image="diffeditor_scene.png", prompt=PROMPT):
@@ -55,10 +121,10 @@ def _finish(g, latent_src, prefix):
     return g
 
 
-def _edit(g, spec="spec", **over):
-    g["edit"] = ("DiffEditorEdit", dict(KNOBS, **dict(dict(cfg=-1.0, model=("ckpt", 0), positive=("pos", 0),
-                                                           negative=("neg", 0), trajectory=("invert", 0),
-                                                           spec=(spec, 0)), **over)))
+def _edit(g, name, spec="spec", **over):
+    g["edit"] = ("DiffEditorEdit", dict(KNOBS, **dict(dict(cfg=TASK_CFG[EDIT_TASK[name]], model=("ckpt", 0),
+                                                           positive=("pos", 0), negative=("neg", 0),
+                                                           trajectory=("invert", 0), spec=(spec, 0)), **over)))
     return g
 
 
@@ -84,36 +150,36 @@ def graphs() -> dict[str, dict]:
 
     g = {**_base(), **_mask("object", "diffeditor_object_mask.png")}
     g["spec"] = ("DiffEditorMoveSpec", {"mask": ("object", 0), "dx": 96, "dy": 32, "scale": 1.0})
-    out["move"] = _finish(_edit(g), "edit", "move")
+    out["move"] = _finish(_edit(g, "move"), "edit", "move")
 
     g = {**_base(), **_mask("object", "diffeditor_object_mask.png")}
     g["spec"] = ("DiffEditorMoveSpec", {"mask": ("object", 0), "dx": 0, "dy": 0, "scale": 1.3})
-    out["resize"] = _finish(_edit(g), "edit", "resize")
+    out["resize"] = _finish(_edit(g, "resize"), "edit", "resize")
 
     g = {**_base(), **_mask("region", "diffeditor_drag_region.png")}
     g["spec"] = ("DiffEditorDragSpec", {"points": "152,176->216,176", "mask": ("region", 0)})
-    out["drag"] = _finish(_edit(g), "edit", "drag")
+    out["drag"] = _finish(_edit(g, "drag"), "edit", "drag")
 
     g = _reference({**_base(), **_mask("object", "diffeditor_object_mask.png"),
                     **_mask("ref_object", "diffeditor_reference_mask.png")})
     g["spec"] = ("DiffEditorAppearanceSpec", {"mask": ("object", 0), "reference": ("ref_invert", 0),
                                               "ref_mask": ("ref_object", 0)})
-    out["appearance_replace"] = _finish(_edit(g), "edit", "appearance")
+    out["appearance_replace"] = _finish(_edit(g, "appearance_replace"), "edit", "appearance")
 
     g = _reference({**_base(), **_mask("ref_object", "diffeditor_reference_mask.png")})
     g["spec"] = ("DiffEditorPasteSpec", {"reference": ("ref_invert", 0), "mask": ("ref_object", 0), "dx": 0,
                                          "dy": 160, "scale": 1.0})
-    out["paste"] = _finish(_edit(g), "edit", "paste")
+    out["paste"] = _finish(_edit(g, "paste"), "edit", "paste")
 
     g = {**_base(), **_mask("region", "diffeditor_drag_region.png")}
+    g["invert"][1]["record_kv_bank"] = False
     g["drag"] = ("DiffEditorDragOptimize", {"model": ("ckpt", 0), "positive": ("pos", 0), "negative": ("neg", 0),
                                             "trajectory": ("invert", 0), "points": "152,176->216,176",
                                             "strength": 0.7, "steps": 80, "lr": 0.01, "r_m": 1, "r_p": 3,
                                             "lam": 0.1, "mask": ("region", 0)})
     g["noise"] = ("DisableNoise", {})
     g["guider"] = ("CFGGuider", {"model": ("ckpt", 0), "positive": ("pos", 0), "negative": ("neg", 0), "cfg": 1.0})
-    g["sampler"] = ("DiffEditorSampler", {"eta": 0.0, "eta_outside": 0.0, "eta_start": 0.0, "eta_end": 1.0,
-                                          "kv_trajectory": ("invert", 0), "kv_mode": "replace"})
+    g["sampler"] = ("DiffEditorSampler", {"eta": 0.0, "eta_outside": 0.0, "eta_start": 0.0, "eta_end": 1.0})
     g["sample"] = ("SamplerCustomAdvanced", {"noise": ("noise", 0), "guider": ("guider", 0),
                                              "sampler": ("sampler", 0), "sigmas": ("drag", 1),
                                              "latent_image": ("drag", 0)})
@@ -126,7 +192,8 @@ def graphs() -> dict[str, dict]:
                                                    "image": ("image", 0), "image_prompt": ("ip_weights", 0),
                                                    "scale": 0.1, "start": 0.2, "end": 0.4})
     g["spec"] = ("DiffEditorMoveSpec", {"mask": ("object", 0), "dx": 96, "dy": 32, "scale": 1.0})
-    out["image_prompt_move"] = _finish(_edit(g, model=("image_prompt", 0)), "edit", "image_prompt_move")
+    out["image_prompt_move"] = _finish(_edit(g, "image_prompt_move", model=("image_prompt", 0)), "edit",
+                                       "image_prompt_move")
 
     def generate(model_src, prefix, extra):
         g = {"ckpt": ("CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}),
@@ -150,6 +217,14 @@ def graphs() -> dict[str, dict]:
     return out
 
 
+def title(workflow: str, key: str, node_type: str) -> str:
+    if key == "spec":
+        return SPEC_TITLES.get(workflow, node_type)
+    if key == "sample" and node_type == "KSampler":
+        return "KSampler (ddim, ddim_uniform)"
+    return TITLES.get(key, node_type)
+
+
 # ------------------------------------------------------------------------------------------ snapshot
 def _norm_input(name, spec, required):
     kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
@@ -160,28 +235,34 @@ def _norm_input(name, spec, required):
         entry["type"] = str(kind)
         if entry["type"] == "COMBO":
             entry["options"] = list(opts.get("options", []))
-    for k in ("default", "min", "max", "control_after_generate", "image_upload"):
+    for k in ("default", "min", "max", "step", "control_after_generate", "image_upload"):
         if k in opts:
             entry[k] = opts[k]
-    if entry["type"] == "COMBO" and (opts.get("image_upload") or name in ("ckpt_name", "clip_name", "weights")):
+    if entry["type"] == "COMBO" and (opts.get("image_upload") or name in FILE_COMBOS):
         entry["options"] = "files"  # listed from the user's folders: install-specific
     entry["widget"] = entry["type"] in WIDGET_TYPES and not opts.get("forceInput", False)
     return entry
 
 
-def live_schema(node_types) -> dict:
-    """The schemas of ``node_types`` from the running ComfyUI (core nodes + this pack)."""
+def node_classes() -> dict:
+    """Core node classes and this pack's (V3 classes expose the same INPUT_TYPES that /object_info renders
+    from their ``define_schema()``)."""
+    import comfy_extras.nodes_custom_sampler as custom_sampler
     import nodes as comfy_nodes
 
     sys.path.append(str(ROOT))
     import pack_loader
 
     pack = pack_loader.load("diffeditor")
-    import comfy_extras.nodes_custom_sampler as custom_sampler
-
     classes = dict(comfy_nodes.NODE_CLASS_MAPPINGS)
     classes.update(custom_sampler.NODE_CLASS_MAPPINGS)
     classes.update(pack.NODE_CLASS_MAPPINGS)
+    return classes
+
+
+def live_schema(node_types) -> dict:
+    """The schemas of ``node_types`` from the running ComfyUI (core nodes + this pack)."""
+    classes = node_classes()
     out = {}
     for t in sorted(node_types):
         cls = classes[t]
@@ -198,40 +279,68 @@ def used_types() -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------- writers
-def _widgets(schema, t, values):
+def widget_values(inputs: list, values: dict) -> list:
+    """UI-format ``widgets_values`` of a node with snapshot ``inputs`` and widget ``values`` (see module doc)."""
     out = []
-    for i in schema[t]["inputs"]:
-        if not i["widget"]:
-            continue
-        out.append(values[i["name"]])
-        if i.get("control_after_generate"):
-            out.append("fixed")
-        if i.get("image_upload"):
-            out.append("image")
+    for i in inputs:
+        if i["widget"]:
+            out.append(values[i["name"]])
+            if i.get("control_after_generate"):
+                out += ["fixed", ""] if i["type"] == "COMBO" else ["fixed"]
+    if any(i.get("image_upload") for i in inputs if i["required"]):
+        out.append("image")  # the upload button: not in input_order, so the front end adds it last
     return out
 
 
-def to_api(graph: dict) -> dict:
+def complete(graph: dict, schema: dict) -> dict:
+    """``graph`` with every optional widget the graph leaves out set to its default (the front end shows and
+    sends it). Required widgets must be given explicitly."""
+    out = {}
+    for k, (t, vals) in graph.items():
+        vals = dict(vals)
+        for i in schema[t]["inputs"]:
+            if i["widget"] and i["name"] not in vals:
+                if i["required"] or "default" not in i:
+                    raise KeyError(f"{k} ({t}): give a value for the widget {i['name']!r}")
+                vals[i["name"]] = i["default"]
+        out[k] = (t, vals)
+    return out
+
+
+def to_api(graph: dict, schema: dict, workflow: str = "") -> dict:
+    graph = complete(graph, schema)
     ids = {k: str(n + 1) for n, k in enumerate(graph)}
     api = {}
     for k, (t, vals) in graph.items():
         inputs = {n: ([ids[v[0]], v[1]] if isinstance(v, tuple) else v) for n, v in vals.items()}
-        api[ids[k]] = {"class_type": t, "inputs": inputs, "_meta": {"title": k}}
+        api[ids[k]] = {"class_type": t, "inputs": inputs, "_meta": {"title": title(workflow, k, t)}}
     return api
 
 
-def to_ui(graph: dict, schema: dict) -> dict:
+def _height(inputs, outputs, widgets, node_type) -> int:
+    h = 46 + 24 * max(len(inputs), len(outputs), 1) + 30 * len(widgets)
+    if node_type in ("LoadImage", "LoadImageMask", "SaveImage"):
+        h += 260  # image preview
+    if node_type == "CLIPTextEncode":
+        h += 60  # multiline text box
+    return h
+
+
+def to_ui(graph: dict, schema: dict, workflow: str = "") -> dict:
+    graph = complete(graph, schema)
     ids = {k: n + 1 for n, k in enumerate(graph)}
-    links, nodes = [], []
-    out_links: dict = {}
+    # Every socket input (linked or not, as the front end saves them), in schema order.
+    sockets = {k: [i for i in schema[t]["inputs"] if not i["widget"]] for k, (t, _) in graph.items()}
+    links, out_links = [], {}
     for k, (t, vals) in graph.items():
-        for name, v in vals.items():
+        for slot, i in enumerate(sockets[k]):
+            v = vals.get(i["name"])
             if isinstance(v, tuple):
                 lid = len(links) + 1
-                src_t = graph[v[0]][0]
-                typ = schema[src_t]["outputs"][v[1]]["type"]
-                links.append([lid, ids[v[0]], v[1], ids[k], name, typ])
+                typ = schema[graph[v[0]][0]]["outputs"][v[1]]["type"]
+                links.append([lid, ids[v[0]], v[1], ids[k], slot, typ])
                 out_links.setdefault((ids[v[0]], v[1]), []).append(lid)
+
     depth: dict = {}
 
     def level(k):
@@ -240,28 +349,42 @@ def to_ui(graph: dict, schema: dict) -> dict:
             depth[k] = 0 if not srcs else 1 + max(level(s) for s in srcs)
         return depth[k]
 
-    rows: dict = {}
-    for order, (k, (t, vals)) in enumerate(graph.items()):
-        col = level(k)
-        row = rows.get(col, 0)
-        rows[col] = row + 1
-        ins = []
-        for i in schema[t]["inputs"]:
-            v = vals.get(i["name"])
+    # Left to right by depth in the graph (nodes without inputs: one column before their first consumer);
+    # each column stacked top-down; a note on top of the first column.
+    consumers: dict = {}
+    for k, (_, vals) in graph.items():
+        for v in vals.values():
             if isinstance(v, tuple):
-                lid = next(l[0] for l in links if l[3] == ids[k] and l[4] == i["name"])
-                ins.append({"name": i["name"], "type": i["type"], "link": lid})
+                consumers.setdefault(v[0], []).append(k)
+    column = {k: level(k) for k in graph}
+    for k in graph:
+        if column[k] == 0 and k in consumers:
+            column[k] = min(column[c] for c in consumers[k]) - 1
+    x_of = lambda col: 40 + 420 * col  # noqa: E731
+    nodes, tops = [], {}
+    if workflow in NOTES:
+        nodes.append({"id": len(graph) + 1, "type": "MarkdownNote", "title": "Read me", "pos": [x_of(0), 40],
+                      "size": [380, 300], "flags": {}, "order": len(graph), "mode": 0, "inputs": [], "outputs": [],
+                      "properties": {}, "widgets_values": [NOTES[workflow]], "color": "#432", "bgcolor": "#653"})
+        tops[0] = 40 + 300 + 60
+    for order, (k, (t, vals)) in enumerate(graph.items()):
+        col = column[k]
+        ins = []
+        for i in sockets[k]:
+            lid = next((l[0] for l in links if l[3] == ids[k] and l[4] == len(ins)), None)
+            ins.append({"name": i["name"], "type": i["type"], "link": lid})
         outs = [{"name": o["name"], "type": o["type"], "links": out_links.get((ids[k], n), []), "slot_index": n}
                 for n, o in enumerate(schema[t]["outputs"])]
-        nodes.append({"id": ids[k], "type": t, "title": k, "pos": [40 + 360 * col, 40 + 260 * row],
-                      "size": [320, 200], "flags": {}, "order": order, "mode": 0, "inputs": ins, "outputs": outs,
-                      "properties": {"Node name for S&R": t}, "widgets_values": _widgets(schema, t, vals)})
-    ui_links = []
-    for l in links:
-        tgt = next(n for n in nodes if n["id"] == l[3])
-        slot = next(n for n, i in enumerate(tgt["inputs"]) if i["name"] == l[4])
-        ui_links.append([l[0], l[1], l[2], l[3], slot, l[5]])
-    return {"last_node_id": len(nodes), "last_link_id": len(ui_links), "nodes": nodes, "links": ui_links,
+        widgets = widget_values(schema[t]["inputs"], vals)
+        size = [380 if t in ("CLIPTextEncode", "DiffEditorEdit", "DiffEditorInvert") else 340,
+                _height(ins, outs, widgets, t)]
+        y = tops.get(col, 40)
+        tops[col] = y + size[1] + 60
+        nodes.append({"id": ids[k], "type": t, "title": title(workflow, k, t), "pos": [x_of(col), y],
+                      "size": size, "flags": {}, "order": order, "mode": 0, "inputs": ins, "outputs": outs,
+                      "properties": {"Node name for S&R": t}, "widgets_values": widgets})
+    nodes.sort(key=lambda n: n["id"])
+    return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
             "groups": [], "config": {}, "extra": {"diffeditor": "built by workflows/build.py"}, "version": 0.4}
 
 
@@ -299,6 +422,14 @@ def write_assets(size: int = 512) -> None:
     save(region, "diffeditor_drag_region.png")
 
 
+def write_all(schema: dict) -> None:
+    (HERE / "api").mkdir(exist_ok=True)
+    for name, g in graphs().items():
+        (HERE / f"{name}.json").write_text(json.dumps(to_ui(g, schema, name), indent=1) + "\n")
+        (HERE / "api" / f"{name}.json").write_text(json.dumps(to_api(g, schema, name), indent=1) + "\n")
+        print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
+
+
 def main():
     import os
 
@@ -307,15 +438,12 @@ def main():
         import comfy_bootstrap
 
         comfy_bootstrap.setup()
-        SNAPSHOT.write_text(json.dumps(live_schema(used_types()), indent=1, sort_keys=True))
-        print(f"wrote {SNAPSHOT}")
-    schema = json.loads(SNAPSHOT.read_text())
-    (HERE / "api").mkdir(exist_ok=True)
-    for name, g in graphs().items():
-        (HERE / f"{name}.json").write_text(json.dumps(to_ui(g, schema), indent=1))
-        (HERE / "api" / f"{name}.json").write_text(json.dumps(to_api(g), indent=1))
-        print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
-    write_assets()
+        SNAPSHOT.parent.mkdir(exist_ok=True)
+        SNAPSHOT.write_text(json.dumps(live_schema(used_types()), indent=1, sort_keys=True) + "\n")
+        print(f"wrote {SNAPSHOT.relative_to(ROOT)}")
+    write_all(json.loads(SNAPSHOT.read_text()))
+    if "--assets" in sys.argv:
+        write_assets()
 
 
 if __name__ == "__main__":
