@@ -1,81 +1,121 @@
 """DragDiffusion-style drag loss: motion supervision, masked regulariser and point tracking (pure torch).
 
-Coordinates are on the *supervision grid* (decoder features resized to half the image resolution), as
-``(row, col)`` floats. Reference doc §2.3-§2.5.
+Reference doc §2.3-§2.5. Feature maps are ``[1, C, h, w]`` on the *supervision grid* (decoder features resized
+to half the image resolution); points are ``(row, col)`` floats on that grid.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 Point = tuple[float, float]
+REACHED = 2.0  # a handle within 2 grid cells (Euclidean, strict) of its target counts as reached (official)
 
 
-def _offsets(radius: int, device) -> torch.Tensor:
-    r = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
-    return torch.stack(torch.meshgrid(r, r, indexing="ij"), -1).reshape(-1, 2)  # [(2r+1)^2, 2] (dy, dx)
+def _xy(p, device) -> torch.Tensor:
+    return torch.as_tensor([float(p[0]), float(p[1])], dtype=torch.float32, device=device)
 
 
-def bilinear_patch(feat: torch.Tensor, center: Point | torch.Tensor, radius: int) -> torch.Tensor:
-    """Features of the ``(2r+1)^2`` patch around ``center`` (sub-cell, bilinear, border-clamped): ``[C, P]``."""
+def _window(center: torch.Tensor, radius: int, h: int, w: int) -> torch.Tensor:
+    """``center + (dy, dx)`` for ``|dy|, |dx| <= radius``, keeping the points inside the map (border clipping);
+    ``[P, 2]`` (row, col), row-major. At least the clamped centre is kept."""
+    r = torch.arange(-radius, radius + 1, device=center.device, dtype=torch.float32)
+    ys, xs = center[0] + r, center[1] + r
+    ys = ys[(ys >= 0) & (ys <= h - 1)]
+    xs = xs[(xs >= 0) & (xs <= w - 1)]
+    if ys.numel() == 0:
+        ys = center[:1].clamp(0, h - 1)
+    if xs.numel() == 0:
+        xs = center[1:].clamp(0, w - 1)
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
+
+
+def sample_points(feat: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Bilinear features at sub-cell ``(row, col)`` points ``[P, 2]`` (clamped to the map): ``[C, P]``.
+
+    Differentiable with respect to ``feat``; cell centres are at integer coordinates (``align_corners=True``).
+    """
     _, _, h, w = feat.shape
-    c = torch.as_tensor(center, dtype=torch.float32, device=feat.device)
-    pts = c[None] + _offsets(radius, feat.device)
     ys = pts[:, 0].clamp(0, h - 1)
     xs = pts[:, 1].clamp(0, w - 1)
     grid = torch.stack([xs / max(w - 1, 1) * 2 - 1, ys / max(h - 1, 1) * 2 - 1], -1)[None, None]  # [1,1,P,2]
     return F.grid_sample(feat[:1], grid.to(feat.dtype), mode="bilinear", align_corners=True)[0, :, 0]
 
 
-def motion_supervision_loss(feat: torch.Tensor, handles: Sequence[Point], targets: Sequence[Point],
-                            r_m: int = 1, reached: float = 2.0) -> torch.Tensor:
-    """Sum over pairs of ``(2r_m+1)^2 * mean|sg(F[patch(h)]) - F[patch(h) + d]|``, ``d`` the unit step to the target.
+def bilinear_patch(feat: torch.Tensor, center: Point | torch.Tensor, radius: int,
+                   shift: Point | torch.Tensor | None = None) -> torch.Tensor:
+    """Features of the ``(2r+1)^2`` patch around ``center``: ``[C, P]`` (``P`` smaller where the patch is
+    clipped at the border). Sub-cell centres are read bilinearly.
 
-    Pairs within ``reached`` cells of their target are skipped (DragDiffusion).
+    ``shift`` moves the same (already clipped) patch by a sub-cell offset; shifted points falling outside the
+    map read the border (clamped), so the source and shifted patches always have the same points.
     """
-    loss = feat.new_zeros(())
-    for h, g in zip(handles, targets):
-        hv = torch.as_tensor(h, dtype=torch.float32, device=feat.device)
-        gv = torch.as_tensor(g, dtype=torch.float32, device=feat.device)
-        dist = torch.linalg.vector_norm(gv - hv)
-        if float(dist) < reached:
+    _, _, h, w = feat.shape
+    pts = _window(_xy(center, feat.device), int(radius), h, w)
+    if shift is not None:
+        pts = pts + _xy(shift, feat.device)
+    return sample_points(feat, pts)
+
+
+def motion_supervision_loss(feat: torch.Tensor, handles: Sequence[Point], targets: Sequence[Point],
+                            r_m: int = 1, reached: float = REACHED) -> torch.Tensor:
+    """``sum_k (2r_m+1)^2 * mean|sg(F[Omega(h_k)]) - F[Omega(h_k) + d_k]|``, ``d_k`` the unit vector toward
+    the target; both patches from the *current* ``feat``. Pairs within ``reached`` cells are skipped."""
+    if len(handles) != len(targets):
+        raise ValueError(f"handles/targets: {len(handles)} handles but {len(targets)} targets")
+    loss = feat.new_zeros((), dtype=torch.float32)
+    for hk, gk in zip(handles, targets):
+        hv, gv = _xy(hk, feat.device), _xy(gk, feat.device)
+        dist = float(torch.linalg.vector_norm(gv - hv))
+        if dist < reached:
             continue
         d = (gv - hv) / dist
         src = bilinear_patch(feat.detach(), hv, r_m)
-        moved = bilinear_patch(feat, hv + d, r_m)
-        loss = loss + (2 * r_m + 1) ** 2 * (src - moved).abs().mean()
+        moved = bilinear_patch(feat, hv, r_m, shift=d)
+        loss = loss + (2 * r_m + 1) ** 2 * (src.float() - moved.float()).abs().mean()
     return loss
 
 
 def mask_regulariser(z_next: torch.Tensor, z_next_orig: torch.Tensor, mask: torch.Tensor | None,
                      lam: float = 0.1) -> torch.Tensor:
-    """``lam * sum |(z_next - z_next_orig) * (1 - M)|`` (sum, not mean; ``M`` = editable region at latent size)."""
-    diff = (z_next - z_next_orig).abs()
-    if mask is not None:
-        diff = diff * (1 - mask.to(diff.dtype))
+    """``lam * || (z_next - z_next_orig) * (1 - M) ||_1`` (a sum, not a mean).
+
+    ``z_next``: the one-step DDIM output of the current latent; ``z_next_orig`` that of the initial latent;
+    ``M``: editable region (1 = may change) at latent size, broadcastable; ``None`` = no fixed region (0).
+    """
+    if mask is None:
+        return z_next.new_zeros((), dtype=torch.float32)
+    diff = (z_next.float() - z_next_orig.float()).abs() * (1 - mask.to(device=z_next.device, dtype=torch.float32))
     return lam * diff.sum()
 
 
 @torch.no_grad()
 def track_points(feat: torch.Tensor, feat0: torch.Tensor, handles: Sequence[Point], handles0: Sequence[Point],
                  r_p: int = 3) -> list[Point]:
-    """Move each handle to the cell of its ``(2r_p+1)^2`` window whose feature is nearest (channel-summed L1)
-    to the *initial* feature at the *initial* handle."""
+    """Move each handle to the cell of the ``(2r_p+1)^2`` window around its *current* position (clipped to the
+    map) whose feature in ``feat`` is nearest, in channel-summed L1 distance, to the *initial* feature
+    ``feat0`` at the *initial* handle (read bilinearly for a sub-cell initial handle). Returns integer cells as
+    floats; ties go to the first cell in row-major order."""
+    if len(handles) != len(handles0):
+        raise ValueError(f"track_points: {len(handles)} handles but {len(handles0)} initial handles")
     _, _, h, w = feat.shape
     out = []
     for cur, init in zip(handles, handles0):
-        ref = bilinear_patch(feat0, init, 0)[:, 0]  # [C]
-        cy, cx = int(round(cur[0])), int(round(cur[1]))
+        ref = sample_points(feat0, _xy(init, feat0.device)[None])[:, 0].to(feat.dtype)  # [C]
+        cy = min(max(int(math.floor(float(cur[0]) + 0.5)), 0), h - 1)
+        cx = min(max(int(math.floor(float(cur[1]) + 0.5)), 0), w - 1)
         y0, y1 = max(cy - r_p, 0), min(cy + r_p + 1, h)
         x0, x1 = max(cx - r_p, 0), min(cx + r_p + 1, w)
-        win = feat[0, :, y0:y1, x0:x1]
-        d = (win - ref[:, None, None]).abs().sum(0)
-        k = int(torch.argmin(d))
+        dist = (feat[0, :, y0:y1, x0:x1] - ref[:, None, None]).abs().sum(0)
+        k = int(torch.argmin(dist))
         out.append((float(y0 + k // (x1 - x0)), float(x0 + k % (x1 - x0))))
     return out
 
 
-def all_reached(handles: Sequence[Point], targets: Sequence[Point], tol: float = 2.0) -> bool:
-    return all(((h[0] - g[0]) ** 2 + (h[1] - g[1]) ** 2) ** 0.5 <= tol for h, g in zip(handles, targets))
+def all_reached(handles: Sequence[Point], targets: Sequence[Point], tol: float = REACHED) -> bool:
+    """Every handle strictly within ``tol`` cells (Euclidean) of its target (DragDiffusion's stop test)."""
+    return all(math.hypot(float(h[0]) - float(g[0]), float(h[1]) - float(g[1])) < tol
+               for h, g in zip(handles, targets))
