@@ -10,10 +10,11 @@ from comfy_api.latest import io
 from ..adapters.comfy_adapter import check_supported, make_sampler, model_id
 from ..guidance.energies import TASK_DEFAULTS
 from ..guidance.tasks import AppearanceSpec, DragSpec, MoveSpec, PasteSpec, make_task, parse_points
-from ..samplers.edit import KV_MODES, build_schedule, sample_edit
+from ..guidance.specs_io import schedule_from_knobs
+from ..samplers.edit import KV_MODES, PRESETS, sample_edit
 from ..samplers.trajectory import EditTrajectory
 from .common import (CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_mask, check_trajectory,
-                     check_window, disable_pbar, plain_conditioning, progress_callback)
+                     disable_pbar, plain_conditioning, progress_callback)
 
 EditSpecType = io.Custom("DIFFEDITOR_EDIT_SPEC")
 
@@ -60,9 +61,13 @@ class DiffEditorMoveSpec(io.ComfyNode):
             inputs=[
                 io.Mask.Input("mask", tooltip="The object to move (1 = object), at the image size."),
                 io.Int.Input("dx", default=64, min=-8192, max=8192, step=8,
-                             tooltip="Horizontal shift in pixels (positive = right); rounded to 8 px."),
+                             tooltip="Horizontal shift in pixels (positive = right), rounded to 8 px. Content "
+                                     "moved past the border is cut; moving the object entirely off the "
+                                     "canvas is an error."),
                 io.Int.Input("dy", default=0, min=-8192, max=8192, step=8,
-                             tooltip="Vertical shift in pixels (positive = down); rounded to 8 px."),
+                             tooltip="Vertical shift in pixels (positive = down), rounded to 8 px. Content "
+                                     "moved past the border is cut; moving the object entirely off the "
+                                     "canvas is an error."),
                 io.Float.Input("scale", default=1.0, min=0.1, max=10.0, step=0.05,
                                tooltip="Resize factor about the object's own centre (1 = keep the size)."),
                 io.Mask.Input("ref_mask", optional=True,
@@ -97,13 +102,15 @@ class DiffEditorDragSpec(io.ComfyNode):
 
     @classmethod
     def execute(cls, points="", mask=None) -> io.NodeOutput:
+        m = None if mask is None else _mask2d(mask, "mask")
+        size = (None, None) if m is None else (m.shape[-1], m.shape[-2])  # the mask fixes the image size
         try:
-            pairs = parse_points(points)
+            pairs = parse_points(points, *size)
         except ValueError as e:
-            raise ValueError(f"points: {e}") from None
+            msg = str(e)
+            raise ValueError(msg if msg.startswith("points") else f"points: {msg}") from None
         if not pairs:
             raise ValueError("points: give at least one 'x1,y1->x2,y2' pair")
-        m = None if mask is None else _mask2d(mask, "mask")
         return _spec_output("drag", DragSpec(pairs, mask=m))
 
 
@@ -140,9 +147,13 @@ class DiffEditorPasteSpec(io.ComfyNode):
                                                               "(same model, size and steps, K,V bank on)."),
                 io.Mask.Input("mask", tooltip="The object in the reference image (1 = object)."),
                 io.Int.Input("dx", default=0, min=-8192, max=8192, step=8,
-                             tooltip="Horizontal offset in pixels from its place in the reference image."),
+                             tooltip="Horizontal offset in pixels from its place in the reference image "
+                                     "(positive = right). Content past the border is cut; entirely off the "
+                                     "canvas is an error."),
                 io.Int.Input("dy", default=0, min=-8192, max=8192, step=8,
-                             tooltip="Vertical offset in pixels from its place in the reference image."),
+                             tooltip="Vertical offset in pixels from its place in the reference image "
+                                     "(positive = down). Content past the border is cut; entirely off the "
+                                     "canvas is an error."),
                 io.Float.Input("scale", default=1.0, min=0.1, max=1.5, step=0.05,
                                tooltip="Resize factor about the object's centre (official range 0-1.5)."),
             ],
@@ -159,27 +170,37 @@ class DiffEditorPasteSpec(io.ComfyNode):
 def _knob_inputs() -> list:
     auto = "; -1 = the preset/task default"
     return [
-        io.Combo.Input("preset", options=["DiffEditor", "DragonDiffusion"], default="DiffEditor",
+        io.Combo.Input("preset", options=list(PRESETS), default="DiffEditor",
                        tooltip="DiffEditor: regional SDE + time travel + sparse guidance (paper). DragonDiffusion: "
-                               "guidance on every step below 60%, no SDE, no time travel."),
+                               "guidance on every step below 60%, no SDE, no time travel (unless set below)."),
         io.Int.Input("seed", default=42, min=0, max=0xffffffffffffffff, control_after_generate=True,
                      tooltip="Seed of the regional SDE noise (official: 42)."),
         io.Float.Input("energy", default=-1.0, min=-1.0, max=10.0, step=0.1,
-                       tooltip="Guidance energy in the official UI units (x1000 internally; move 0.5, drag 2, "
-                               "appearance 2, paste 1.5); 0 = no guidance" + auto + "."),
+                       tooltip="Guidance energy in the official UI units: the engine scale is energy x 1000 "
+                               "(move 0.5, drag 2, appearance 2, paste 1.5); 0 = no guidance" + auto + "."),
+        io.Float.Input("kappa", default=-1.0, min=-1.0, max=1.0, step=0.01,
+                       tooltip="Guidance step size factor kappa (move 0.08, drag/appearance/paste 0.04); the "
+                               "effective strength is energy x 1000 x kappa" + auto + "."),
         io.Boolean.Input("regional", default=True,
                          tooltip="Regional gradient combination (edit gradient inside the edit region, content "
                                  "gradient outside). Off = both everywhere (ablation)."),
+        io.Float.Input("guidance_start", default=0.0, min=0.0, max=1.0, step=0.01,
+                       tooltip="Fraction of the steps before which there is no guidance (official 0)."),
         io.Float.Input("guidance_end", default=-1.0, min=-1.0, max=1.0, step=0.01,
-                       tooltip="Fraction of the steps after which guidance stops (official 0.6)" + auto + "."),
+                       tooltip="Fraction of the steps after which guidance stops (official 0.6; DiffEditor "
+                               "guides every step below 0.2, then every 2nd)" + auto + "."),
         io.Float.Input("sde_strength", default=-1.0, min=-1.0, max=1.0, step=0.01,
-                       tooltip="Regional SDE eta inside the edit region (official 0.4; 0 = off)" + auto + "."),
+                       tooltip="Regional SDE eta inside the edit region (official 0.4; 0 = off; DragonDiffusion "
+                               "preset: off)" + auto + "."),
+        io.Float.Input("sde_strength_outside", default=0.0, min=0.0, max=1.0, step=0.01,
+                       tooltip="Regional SDE eta outside the edit region (official 0 = deterministic there)."),
         io.Float.Input("sde_start", default=0.22, min=0.0, max=1.0, step=0.01,
                        tooltip="Regional SDE window start, fraction of the steps (official 0.22 = step 11 of 50)."),
         io.Float.Input("sde_end", default=0.4, min=0.0, max=1.0, step=0.01,
                        tooltip="Regional SDE window end, exclusive (official 0.4 = step 20 of 50)."),
         io.Int.Input("time_travel_repeats", default=-1, min=-1, max=10,
-                     tooltip="Passes per time-travel step (official 3; 1 = off)" + auto + "."),
+                     tooltip="Passes per time-travel step (official 3; 1 = off; DragonDiffusion preset: off)"
+                             + auto + "."),
         io.Float.Input("time_travel_start", default=0.44, min=0.0, max=1.0, step=0.01,
                        tooltip="Time-travel window start (official 0.44 = step 22 of 50; every 2nd step)."),
         io.Float.Input("time_travel_end", default=0.6, min=0.0, max=1.0, step=0.01,
@@ -196,33 +217,47 @@ def _knob_inputs() -> list:
     ]
 
 
-def _schedule(spec: EditSpecValue, preset, energy, regional, guidance_end, sde_strength, sde_start, sde_end,
-              time_travel_repeats, time_travel_start, time_travel_end, visual_cross_attention, kv_start, kv_end):
-    check_window(sde_start, sde_end, "sde_start", "sde_end")
-    check_window(time_travel_start, time_travel_end, "time_travel_start", "time_travel_end")
-    kv_window = None
-    if kv_start >= 0 or kv_end >= 0:
-        base = build_schedule(preset, spec.task).kv
-        ks = kv_start if kv_start >= 0 else (base.start if base else 0.0)
-        ke = kv_end if kv_end >= 0 else (base.end if base else 1.0)
-        check_window(ks, ke, "kv_start", "kv_end")
-        kv_window = (ks, ke)
+def _auto(v):
+    """-1 (any negative) = auto -> None."""
+    return None if v is None or v < 0 else v
+
+
+def _schedule(spec, preset, energy=-1.0, kappa=-1.0, regional=True, guidance_start=0.0, guidance_end=-1.0,
+              sde_strength=-1.0, sde_strength_outside=0.0, sde_start=0.22, sde_end=0.4, time_travel_repeats=-1,
+              time_travel_start=0.44, time_travel_end=0.6, visual_cross_attention="auto", kv_start=-1.0,
+              kv_end=-1.0):
+    _check_spec(spec)
+    for v, n in ((energy, "energy"), (kappa, "kappa"), (guidance_start, "guidance_start"),
+                 (guidance_end, "guidance_end"), (sde_strength, "sde_strength"),
+                 (sde_strength_outside, "sde_strength_outside"), (sde_start, "sde_start"), (sde_end, "sde_end"),
+                 (time_travel_start, "time_travel_start"), (time_travel_end, "time_travel_end"),
+                 (kv_start, "kv_start"), (kv_end, "kv_end")):
+        check_finite(v, n)
+    if preset not in PRESETS:
+        raise ValueError(f"preset: expected one of {list(PRESETS)}, got {preset!r}")
+    if visual_cross_attention not in KV_MODES:
+        raise ValueError(f"visual_cross_attention: expected one of {list(KV_MODES)}, got {visual_cross_attention!r}")
     try:
-        return build_schedule(
-            preset, spec.task, energy_ui=None if energy < 0 else energy, regional=regional,
-            guidance_end=None if guidance_end < 0 else guidance_end,
-            sde_strength=None if sde_strength < 0 else sde_strength, sde_window=(sde_start, sde_end),
-            time_travel_repeats=None if time_travel_repeats < 0 else time_travel_repeats,
+        return schedule_from_knobs(
+            preset, spec.task, energy_ui=_auto(energy), kappa=_auto(kappa), regional=bool(regional),
+            guidance_start=float(guidance_start), guidance_end=_auto(guidance_end),
+            sde_strength=_auto(sde_strength), sde_strength_outside=float(sde_strength_outside),
+            sde_window=(sde_start, sde_end), time_travel_repeats=_auto(time_travel_repeats),
             time_travel_window=(time_travel_start, time_travel_end), kv_mode=visual_cross_attention,
-            kv_window=kv_window)
+            kv_window=(_auto(kv_start), _auto(kv_end)))
     except ValueError as e:
         raise ValueError(f"edit settings: {e}") from None
 
 
+def _check_spec(spec) -> None:
+    if not isinstance(spec, EditSpecValue):
+        raise ValueError("spec: expected a DIFFEDITOR_EDIT_SPEC from a DiffEditor spec node, got "
+                         f"{type(spec).__name__}")
+
+
 def _task(spec, trajectory: EditTrajectory, mid: str):
     """Build the task geometry for the trajectory's latent (pixel size = 8 x latent size)."""
-    if not isinstance(spec, EditSpecValue):
-        raise ValueError(f"spec: expected a DIFFEDITOR_EDIT_SPEC from a DiffEditor spec node, got {type(spec).__name__}")
+    _check_spec(spec)
     if spec.reference is not None:
         spec.reference.check_compatible(model_id=mid, sigmas=trajectory.sigmas, shape=trajectory.shape,
                                         name="reference trajectory")
@@ -234,6 +269,20 @@ def _task(spec, trajectory: EditTrajectory, mid: str):
             return make_task(spec.spec, tuple(trajectory.shape[-2:]), reference=spec.reference)
         except ValueError as e:
             raise ValueError(f"spec: {e}") from None
+
+
+def _sample_edit_checked(model, x, sigmas, extra_args=None, callback=None, disable=None, *, trajectory, **kw):
+    """``sample_edit`` behind input checks that name the SamplerCustomAdvanced sockets (sigmas, latent_image)."""
+    try:
+        trajectory.check_compatible(sigmas=sigmas, name="the trajectory")
+    except ValueError as e:
+        raise ValueError(f"sigmas: {e}. Connect the 'sigmas' output of the DiffEditor Invert node that made the "
+                         "trajectory") from None
+    if tuple(x.shape[-2:]) != tuple(trajectory.shape[-2:]):
+        raise ValueError(f"latent_image: it is {x.shape[-2]}x{x.shape[-1]} latent cells but the trajectory is "
+                         f"{trajectory.shape[-2]}x{trajectory.shape[-1]}; give the source latent (or an empty "
+                         "latent of the same size)")
+    return sample_edit(model, x, sigmas, extra_args, callback, disable, trajectory=trajectory, **kw)
 
 
 def _check_bank(trajectory: EditTrajectory, schedule) -> None:
@@ -261,8 +310,8 @@ class DiffEditorEditSampler(io.ComfyNode):
         schedule = _schedule(spec, preset, **knobs)
         _check_bank(traj, schedule)
         task = _task(spec, traj, None)
-        return io.NodeOutput(make_sampler(sample_edit, trajectory=traj, task=task, schedule=schedule, seed=seed,
-                                          with_model_id=True))
+        return io.NodeOutput(make_sampler(_sample_edit_checked, trajectory=traj, task=task, schedule=schedule,
+                                          seed=seed, with_model_id=True))
 
 
 class DiffEditorEdit(io.ComfyNode):
@@ -291,6 +340,7 @@ class DiffEditorEdit(io.ComfyNode):
     def execute(cls, model, positive, negative, trajectory, spec, cfg=-1.0, preset="DiffEditor", seed=42,
                 **knobs) -> io.NodeOutput:
         check_supported(model, "model")
+        model = model.clone()  # the run installs its hooks on copies of model_options only
         check_conditioning(positive, "positive")
         check_conditioning(negative, "negative")
         traj = check_trajectory(trajectory, "trajectory")

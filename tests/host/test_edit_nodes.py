@@ -8,9 +8,10 @@ from diffeditor.nodes.edit import (DiffEditorAppearanceSpec, DiffEditorDragSpec,
 from diffeditor.nodes.inversion import DiffEditorInvert
 
 STEPS = 10
-KNOBS = dict(preset="DiffEditor", seed=42, energy=-1.0, regional=True, guidance_end=-1.0, sde_strength=-1.0,
-             sde_start=0.22, sde_end=0.4, time_travel_repeats=-1, time_travel_start=0.44, time_travel_end=0.6,
-             visual_cross_attention="auto", kv_start=-1.0, kv_end=-1.0)
+KNOBS = dict(preset="DiffEditor", seed=42, energy=-1.0, kappa=-1.0, regional=True, guidance_start=0.0,
+             guidance_end=-1.0, sde_strength=-1.0, sde_strength_outside=0.0, sde_start=0.22, sde_end=0.4,
+             time_travel_repeats=-1, time_travel_start=0.44, time_travel_end=0.6, visual_cross_attention="auto",
+             kv_start=-1.0, kv_end=-1.0)
 
 
 def run(node, **kw):
@@ -69,27 +70,123 @@ def test_drag_appearance_paste_run(sd15_model, conds, latent, source):
     assert torch.isfinite(edit(sd15_model, conds, traj, paste)).all()
 
 
-def test_edit_sampler_in_sampler_custom_advanced(sd15_model, conds, source):
+def advanced(model, conds, sampler, sigmas, shape, cfg=4.0):
+    """Core SamplerCustomAdvanced with a core CFGGuider and no added noise (the documented wiring)."""
     import comfy.samplers
     from comfy_extras.nodes_custom_sampler import Noise_EmptyNoise, SamplerCustomAdvanced
 
+    with torch.inference_mode():
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds(conds[0], conds[1])
+        guider.set_cfg(cfg)
+        return SamplerCustomAdvanced().sample(Noise_EmptyNoise(), guider, sampler, sigmas,
+                                              {"samples": torch.zeros(shape)})[0]["samples"]
+
+
+def test_edit_sampler_in_sampler_custom_advanced(sd15_model, conds, source):
+    before = tm.weights_hash(sd15_model)
     traj, sigmas = source
     H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
     spec = run(DiffEditorMoveSpec, mask=square_mask(H, W, 32, 64, 24, 56), dx=16, dy=8, scale=1.2)[0]
     sampler = run(DiffEditorEditSampler, trajectory=traj, spec=spec, **KNOBS)[0]
-    with torch.inference_mode():
-        guider = comfy.samplers.CFGGuider(sd15_model)
-        guider.set_conds(conds[0], conds[1])
-        guider.set_cfg(4.0)
-        out = SamplerCustomAdvanced().sample(Noise_EmptyNoise(), guider, sampler, sigmas,
-                                             {"samples": torch.zeros(traj.shape)})[0]["samples"]
+    out = advanced(sd15_model, conds, sampler, sigmas, traj.shape, cfg=4.0)
+    assert out.shape == traj.shape and torch.isfinite(out).all()
+    # the one-node Edit is the same computation (move: cfg 4 by default)
+    ref = edit(sd15_model, conds, traj, spec)
+    assert torch.allclose(out, ref, atol=1e-5), float((out - ref).abs().max())
+    assert tm.weights_hash(sd15_model) == before
+
+
+def test_edit_sampler_bad_inputs(sd15_model, sdxl_model, sdxl_conds, flow_model, conds, latent, source):
+    traj, sigmas = source
+    H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
+    spec = run(DiffEditorMoveSpec, mask=square_mask(H, W, 32, 64, 24, 56), dx=16, dy=0, scale=1.0)[0]
+    sampler = run(DiffEditorEditSampler, trajectory=traj, spec=spec, **dict(KNOBS, visual_cross_attention="off",
+                                                                             energy=0.0))[0]
+    with pytest.raises(ValueError, match="^sigmas: .*DiffEditor Invert"):
+        advanced(sd15_model, conds, sampler, sigmas * 1.01, traj.shape)
+    with pytest.raises(ValueError, match="^sigmas: "):
+        advanced(sd15_model, conds, sampler, sigmas[2:], traj.shape)
+    with pytest.raises(ValueError, match="^latent_image: "):
+        advanced(sd15_model, conds, sampler, sigmas, (1, 4, 8, 8))
+    with pytest.raises(ValueError, match="another model"):
+        advanced(sdxl_model, sdxl_conds, sampler, sigmas, traj.shape)
+    with pytest.raises(ValueError, match="^model: .*flow"):
+        advanced(flow_model, conds, sampler, sigmas, traj.shape)
+    no_bank, _, _ = invert(sd15_model, conds, latent, bank=False)
+    with pytest.raises(ValueError, match="^trajectory: .*no K,V bank.*record_kv_bank.*off"):
+        run(DiffEditorEditSampler, trajectory=no_bank, spec=spec, **KNOBS)
+    with pytest.raises(ValueError, match="^spec: "):
+        run(DiffEditorEditSampler, trajectory=traj, spec="move", **KNOBS)
+    with pytest.raises(ValueError, match="^trajectory: "):
+        run(DiffEditorEditSampler, trajectory=latent, spec=spec, **KNOBS)
+
+
+def test_schedule_knobs():
+    from diffeditor.nodes.edit import EditSpecValue, _schedule
+    from diffeditor.samplers.edit import preset_schedule
+    from diffeditor.samplers.schedule import StepWindow, window_steps
+
+    knobs = {k: v for k, v in KNOBS.items() if k not in ("preset", "seed")}
+    for preset in ("DiffEditor", "DragonDiffusion"):
+        for task in ("move", "drag", "appearance", "paste"):
+            assert _schedule(EditSpecValue(task, None), preset, **knobs) == preset_schedule(preset, task)
+    dragon = _schedule(EditSpecValue("move", None), "DragonDiffusion", **knobs)
+    assert dragon.sde is None and dragon.time_travel is None  # the preset's "off" survives the default windows
+    move = EditSpecValue("move", None)
+    s = _schedule(move, "DiffEditor", **dict(knobs, energy=1.0, kappa=0.02, guidance_start=0.1, guidance_end=0.4,
+                                             sde_strength_outside=0.1, time_travel_repeats=1,
+                                             visual_cross_attention="concat", kv_start=0.2))
+    assert s.energy_scale == 1000.0 and s.kappa == 0.02 and s.eta_out == 0.1 and s.time_travel is None
+    assert s.kv_mode == "concat" and s.kv == StepWindow(0.2, 1.0)
+    assert sorted(window_steps(s.guidance, 50)) == [5, 6, 7, 8, 9, 10, 12, 14, 16, 18]
+    s = _schedule(move, "DragonDiffusion", **dict(knobs, sde_strength=0.0, sde_strength_outside=0.2))
+    assert s.sde == StepWindow(0.22, 0.4) and s.eta_in == 0.0 and s.eta_out == 0.2
+    s = _schedule(move, "DiffEditor", **dict(knobs, sde_strength=0.0, visual_cross_attention="off"))
+    assert s.sde is None and s.kv_mode is None
+    for bad, name in ((dict(sde_start=0.5, sde_end=0.3), "sde_start"), (dict(guidance_start=0.7), "guidance_start"),
+                      (dict(time_travel_start=0.6), "time_travel_start"), (dict(kv_start=0.9, kv_end=0.5), "kv_start"),
+                      (dict(energy=float("nan")), "energy"), (dict(kappa=float("inf")), "kappa")):
+        with pytest.raises(ValueError, match=name):
+            _schedule(move, "DiffEditor", **dict(knobs, **bad))
+    with pytest.raises(ValueError, match="^preset: "):
+        _schedule(move, "Dragon", **knobs)
+
+
+def test_dragon_preset_runs(sd15_model, conds, source):
+    traj, _ = source
+    H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
+    spec = run(DiffEditorMoveSpec, mask=square_mask(H, W, 32, 64, 24, 56), dx=-16, dy=16, scale=0.8)[0]
+    out = edit(sd15_model, conds, traj, spec, preset="DragonDiffusion")
     assert out.shape == traj.shape and torch.isfinite(out).all()
 
 
-def test_sdxl_every_task(sdxl_model, sdxl_conds):
+def test_schemas_and_registration():
+    from diffeditor.nodes import NODE_LIST
+    from diffeditor.nodes.edit import EDIT_NODES
+
+    assert all(n in NODE_LIST for n in EDIT_NODES)
+    for node in EDIT_NODES:
+        sch = node.define_schema()
+        assert sch.node_id.startswith("DiffEditor")
+        assert sch.category == ("DiffEditor/edit/specs" if node.__name__.endswith("Spec") else "DiffEditor/edit")
+        for item in list(sch.inputs) + list(sch.outputs):
+            assert item.tooltip, (sch.node_id, item.id)
+    outs = {n.define_schema().node_id: [o.io_type for o in n.define_schema().outputs] for n in EDIT_NODES}
+    assert outs["DiffEditorEdit"] == ["LATENT"] and outs["DiffEditorEditSampler"] == ["SAMPLER"]
+    assert outs["DiffEditorMoveSpec"] == ["DIFFEDITOR_EDIT_SPEC"]
+
+
+@pytest.fixture(scope="module")
+def sdxl_source(sdxl_model, sdxl_conds):
     lat = tm.random_latent(5)
     traj, _, _ = invert(sdxl_model, sdxl_conds, lat)
     ref, _, _ = invert(sdxl_model, sdxl_conds, {"samples": lat["samples"].flip(-1)})
+    return traj, ref
+
+
+def test_sdxl_every_task(sdxl_model, sdxl_conds, sdxl_source):
+    traj, ref = sdxl_source
     H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
     m = square_mask(H, W, 32, 64, 24, 56)
     specs = [run(DiffEditorMoveSpec, mask=m, dx=32, dy=0, scale=1.0)[0],
@@ -102,7 +199,7 @@ def test_sdxl_every_task(sdxl_model, sdxl_conds):
         assert out.shape == traj.shape and torch.isfinite(out).all(), spec.task
 
 
-def test_bad_inputs(sd15_model, sdxl_model, conds, latent, source, flow_model):
+def test_bad_inputs(sd15_model, sdxl_model, conds, latent, source, flow_model, sdxl_source):
     traj, _ = source
     H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
     m = square_mask(H, W, 32, 64, 24, 56)
@@ -126,8 +223,11 @@ def test_bad_inputs(sd15_model, sdxl_model, conds, latent, source, flow_model):
     assert torch.isfinite(edit(sd15_model, conds, no_bank, spec, visual_cross_attention="off")).all()
     with pytest.raises(ValueError, match="another model"):
         edit(sdxl_model, conds, traj, spec)
-    with pytest.raises(ValueError, match="model"):
+    with pytest.raises(ValueError, match="^model: .*flow"):
         edit(flow_model, conds, traj, spec)
+    other = run(DiffEditorAppearanceSpec, mask=m, reference=sdxl_source[1], ref_mask=m)[0]
+    with pytest.raises(ValueError, match="^reference trajectory was inverted with another model"):
+        edit(sd15_model, conds, traj, other)
     lat2 = tm.random_latent(4, h=8, w=8)
     ref_small, _, _ = invert(sd15_model, conds, lat2)
     app = run(DiffEditorAppearanceSpec, mask=m, reference=ref_small, ref_mask=m)[0]
@@ -135,6 +235,16 @@ def test_bad_inputs(sd15_model, sdxl_model, conds, latent, source, flow_model):
         edit(sd15_model, conds, traj, app)
     with pytest.raises(ValueError, match="sde_start"):
         edit(sd15_model, conds, traj, spec, sde_start=0.5, sde_end=0.3)
+    # drag points are checked at once against an editable-region mask, else at edit time against the latent
+    with pytest.raises(ValueError, match="^points: pair 1 target .*outside the 128x128 image"):
+        run(DiffEditorDragSpec, points=f"10,10->{W + 50},10", mask=m)
+    with pytest.raises(ValueError, match="^mask: .*empty"):
+        run(DiffEditorAppearanceSpec, mask=torch.zeros(1, H, W), reference=traj, ref_mask=m)
+    with pytest.raises(ValueError, match="^reference: "):
+        run(DiffEditorPasteSpec, reference=None, mask=m, dx=8, dy=0, scale=1.0)
+    paste_off = run(DiffEditorPasteSpec, reference=traj, mask=m, dx=-4096, dy=0, scale=1.0)[0]
+    with pytest.raises(ValueError, match="^spec: .*outside"):
+        edit(sd15_model, conds, traj, paste_off)
 
 
 def test_drag_optimize_then_sample_on(sd15_model, conds, source):
