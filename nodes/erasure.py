@@ -54,7 +54,7 @@ class DiffEditorEraseConcept(io.ComfyNode):
         erase_scale = check_finite(erase_scale, "erase_scale", 0.0, 100.0)
         preserve_scale = check_finite(preserve_scale, "preserve_scale", 0.0, 100.0)
         lam = check_finite(lam, "lam", 1e-4, 100.0)
-        pbar = comfy.utils.ProgressBar(1)
+        pbar = comfy.utils.ProgressBar(1)  # over the K/V projections (total set by the adapter)
         out = uce_patched_model(model, clip, erase, guide.strip(), keep, lam, erase_scale, preserve_scale,
                                 progress=lambda i, n: pbar.update_absolute(i, n))
         return io.NodeOutput(out)
@@ -68,7 +68,8 @@ class DiffEditorSafeGuidance(io.ComfyNode):
             category=f"{CATEGORY}/erase",
             description="Safe Latent Diffusion: steers sampling away from a safety concept with one extra "
                         "conditional prediction per step (set through the MODEL's cfg function). Presets follow "
-                        "the published weak / medium / strong / max settings.",
+                        "the published weak / medium / strong / max settings. Guidance scale 0 is plain CFG, bit for "
+                        "bit. Replaces any cfg function already set on the MODEL.",
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL to guide (SD1.x, SD2, SDXL; eps prediction)."),
                 io.Conditioning.Input("safety", tooltip="The concept to steer away from (a CLIP Text Encode of "
