@@ -68,20 +68,14 @@ def schedule_from_knobs(preset: str, task: str, *, energy_ui: float | None = Non
     if time_travel_repeats is not None and time_travel_repeats < 1:
         raise ValueError(f"time_travel_repeats must be >= 1 (1 = off; -1 for the preset's), got {time_travel_repeats}")
 
-    # auto on a mechanism the preset has off: leave the preset's schedule as it is (off), whatever the windows
-    sde_off = sde_strength is None and base.sde is None
-    tt_off = time_travel_repeats is None and base.time_travel is None
-    strength = base.eta_in if sde_strength is None else float(sde_strength)
-    repeats = base.repeats if time_travel_repeats is None else int(time_travel_repeats)
     kv = None
     if kv_window[0] is not None or kv_window[1] is not None:
         ks = kv_window[0] if kv_window[0] is not None else (base.kv.start if base.kv else 0.0)
         ke = kv_window[1] if kv_window[1] is not None else (base.kv.end if base.kv else 1.0)
         kv = _window(ks, ke, "kv_start", "kv_end")
     s = build_schedule(preset, task, energy_ui=energy_ui, kappa=kappa, regional=regional, guidance_end=guidance_end,
-                       sde_strength=None if sde_off else strength, sde_window=None if sde_off else sde_window,
-                       time_travel_repeats=None if tt_off else repeats,
-                       time_travel_window=None if tt_off else time_travel_window, kv_mode=kv_mode, kv_window=kv)
+                       sde_strength=sde_strength, sde_window=sde_window, time_travel_repeats=time_travel_repeats,
+                       time_travel_window=time_travel_window, kv_mode=kv_mode, kv_window=kv)
     if guidance_start > 0:
         s = replace(s, guidance=_clip_guidance(s.guidance, guidance_start))
     if sde_strength_outside > 0:

@@ -130,6 +130,12 @@ def build_schedule(preset: str = "DiffEditor", task: str = "move", *, energy_ui:
         every = base.guidance[-1].every
         over["guidance"] = (StepWindow(0.0, dense),) + ((StepWindow(dense, guidance_end, every),)
                                                         if guidance_end > dense else ())
+    # an "auto" strength never switches on a mechanism the preset has off (DragonDiffusion: no SDE, no time
+    # travel), whatever window is given
+    if sde_strength is None and base.sde is None:
+        sde_window = None
+    if time_travel_repeats is None and base.time_travel is None:
+        time_travel_window = None
     if sde_strength is not None or sde_window is not None:
         strength = base.eta_in if sde_strength is None else float(sde_strength)
         window = sde_window or ((base.sde.start, base.sde.end) if base.sde else (0.22, 0.4))

@@ -159,3 +159,12 @@ def test_build_schedule_knobs():
         build_schedule(kv_mode="sideways")
     with pytest.raises(ValueError, match="time_travel_repeats"):
         build_schedule(time_travel_repeats=0)
+
+
+def test_auto_strength_keeps_preset_off_mechanisms_off():
+    from diffeditor.samplers.edit import build_schedule
+
+    d = build_schedule("DragonDiffusion", "move", sde_window=(0.22, 0.4), time_travel_window=(0.44, 0.6))
+    assert d.sde is None and d.time_travel is None
+    on = build_schedule("DragonDiffusion", "move", sde_strength=0.3, time_travel_repeats=2)
+    assert on.sde is not None and on.eta_in == 0.3 and on.repeats == 2 and on.time_travel is not None
