@@ -96,7 +96,8 @@ def run(seed=0, dx=None, dy=None, steps=50, preset="DiffEditor", exact_iters=0, 
     z = pipe.encode_image(src)
     traj = pipe.invert(z, caption, steps=steps, exact_iters=exact_iters)
     t_inv = time.time() - t0
-    task = make_task(MoveSpec(torch.from_numpy(case.source_mask.astype(np.float32)), case.dx, case.dy), z)
+    task = make_task(MoveSpec(torch.from_numpy(case.source_mask.astype(np.float32)), case.dx, case.dy), z,
+                     pixels_per_latent=pipe.pixels_per_latent)
     stats = EditStats()
     t1 = time.time()
     edited = pipe.edit(traj, task, caption, cfg=TASK_DEFAULTS["move"]["cfg"],

@@ -50,6 +50,13 @@ class DiffEditorPipeline:
 
     # ------------------------------------------------------------------------------------ I/O helpers
     @property
+    def pixels_per_latent(self) -> int:
+        """The VAE's downsampling factor (8 for Stable Diffusion, 4 for the demo model): pass it to
+        ``make_task(..., pixels_per_latent=...)`` so edit specs stay in image pixels."""
+        boc = getattr(getattr(self.vae, "config", None), "block_out_channels", None)
+        return 8 if boc is None else 2 ** (len(boc) - 1)
+
+    @property
     def device(self):
         return next(self.unet.parameters()).device
 

@@ -254,13 +254,18 @@ def load_pipeline(weights, random_weights: bool):
     return DiffEditorPipeline(unet, vae=vae, encode_text=encode_text, alphas_cumprod=ac), te, tok
 
 
-def run(seed=0, n=32, steps=50, tasks=TASKS, methods=None, weights=ROOT / "models" / "demo" / "weights",
-        random_weights=False, recon_n=8, log=print) -> tuple[dict, dict, dict]:
+def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROOT / "models" / "demo" / "weights",
+               random_weights=False, recon_n=8, log=print) -> tuple[dict, dict, dict]:
+    """Score the scenes ``seed + i`` for ``i`` in ``indices``: (per-scene rows, reconstruction PSNRs, grids).
+
+    Rows are ``{task: {method: [metrics, ...]}}`` in the order of ``indices`` (each with its ``scene``
+    index); the grid row of a task is that of its first scene in ``indices``.
+    """
     pipe, te, tok = load_pipeline(weights, random_weights)
     per: dict = {t: {} for t in tasks}
     grids: dict = {}
     recon = {"ddim": [], "exact": []}
-    for i in range(n):
+    for i in indices:
         for task in tasks:
             case = make_case(task, seed + i)
             src = torch.from_numpy(case.source_image)[None]
@@ -285,7 +290,8 @@ def run(seed=0, n=32, steps=50, tasks=TASKS, methods=None, weights=ROOT / "model
                 if task in ("appearance", "paste"):
                     zr = pipe.encode_image(torch.from_numpy(case.ref_image)[None])
                     ref_traj = pipe.invert(zr, case.source.caption(), steps=steps)
-                edit_task = make_task(make_spec(case), z, reference=ref_traj)
+                edit_task = make_task(make_spec(case), z, reference=ref_traj,
+                                      pixels_per_latent=pipe.pixels_per_latent)
             cfg = TASK_DEFAULTS[SCHEDULE_TASK.get(task, "move")]["cfg"]
             for m in names:
                 t1 = time.time()
@@ -300,21 +306,63 @@ def run(seed=0, n=32, steps=50, tasks=TASKS, methods=None, weights=ROOT / "model
                 secs = time.time() - t1
                 img = pipe.decode(out)[0].numpy()
                 met = erase_metrics(img, case) if task == "erase" else object_metrics(img, case)
-                met.update(seconds=secs, nfe=float(nfe), inversion_seconds=inv_s)
+                met.update(seconds=secs, nfe=float(nfe), inversion_seconds=inv_s, scene=int(i))
                 per[task].setdefault(m, []).append(met)
                 row[m] = img
             if task not in grids:
                 grids[task] = row
-            log(f"[editbench] scene {i + 1}/{n} {task}: " + ", ".join(
+            log(f"[editbench] scene {i + 1} {task}: " + ", ".join(
                 f"{m} {per[task][m][-1].get('centroid_err_px', per[task][m][-1].get('concept_rate', 0)):.2f}"
                 for m in names))
-    means = {t: {m: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for m, rows in ms.items()}
+    return per, recon, grids
+
+
+def _worker(args):
+    indices, kw, threads = args
+    torch.set_num_threads(threads)
+    return run_scenes(indices, **kw)
+
+
+def summarize(per: dict, recon: dict, seed: int, n: int, steps: int, model: str) -> dict:
+    def mean(rows, k):
+        return float(np.mean([r[k] for r in rows]))
+
+    means = {t: {m: {k: mean(rows, k) for k in rows[0] if k != "scene"} for m, rows in ms.items()}
              for t, ms in per.items()}
-    summary = {"model": "demo (random weights)" if random_weights else f"demo ({pathlib.Path(weights).name})",
-               "seed": seed, "n": n, "steps": steps,
-               "reconstruction": {k: {"psnr": float(np.mean(v)) if v else None} for k, v in recon.items()},
-               "tasks": means}
-    return summary, per, grids
+    return {"model": model, "seed": seed, "n": n, "steps": steps,
+            "reconstruction": {k: {"psnr": float(np.mean(v)) if v else None, "scenes": len(v)}
+                               for k, v in recon.items()},
+            "tasks": means}
+
+
+def run(seed=0, n=32, steps=50, tasks=TASKS, methods=None, weights=ROOT / "models" / "demo" / "weights",
+        random_weights=False, recon_n=8, log=print, jobs=1, threads=1) -> tuple[dict, dict, dict]:
+    """Every task x method on N scenes; ``jobs`` > 1 splits the scenes over that many processes (the
+    per-scene values do not depend on the split: each scene is seeded by its own index)."""
+    kw = dict(seed=seed, steps=steps, tasks=tasks, methods=methods, weights=weights,
+              random_weights=random_weights, recon_n=recon_n)
+    if jobs <= 1:
+        per, recon, grids = run_scenes(range(n), log=log, **kw)
+    else:
+        import multiprocessing as mp
+
+        shards = [list(range(k, n, jobs)) for k in range(jobs) if k < n]
+        with mp.get_context("spawn").Pool(len(shards)) as pool:
+            parts = pool.map(_worker, [(s, kw, threads) for s in shards])
+        per = {t: {} for t in tasks}
+        recon = {"ddim": [], "exact": []}
+        for p_per, p_recon, _ in parts:
+            for t, ms in p_per.items():
+                for m, rows in ms.items():
+                    per[t].setdefault(m, []).extend(rows)
+            for k in recon:
+                recon[k].extend(p_recon[k])
+        for ms in per.values():
+            for rows in ms.values():
+                rows.sort(key=lambda r: r["scene"])
+        grids = parts[0][2]  # shard 0 holds scene 0
+    model = "demo (random weights)" if random_weights else f"demo ({pathlib.Path(weights).name})"
+    return summarize(per, recon, seed, n, steps, model), per, grids
 
 
 def write_outputs(out: pathlib.Path, summary: dict, per: dict, grids: dict) -> None:
@@ -355,7 +403,8 @@ def main(argv=None):
     ap.add_argument("--methods", default="", help="comma list (default: all)")
     ap.add_argument("--weights", default=str(ROOT / "models" / "demo" / "weights"))
     ap.add_argument("--random-weights", action="store_true")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--jobs", type=int, default=1, help="processes the scenes are split over")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     tasks = tuple(t for t in a.tasks.split(",") if t)
@@ -363,7 +412,8 @@ def main(argv=None):
     if bad:
         raise SystemExit(f"--tasks: unknown {bad}; expected some of {TASKS}")
     methods = tuple(m for m in a.methods.split(",") if m) or None
-    summary, per, grids = run(a.seed, a.n, a.steps, tasks, methods, pathlib.Path(a.weights), a.random_weights)
+    summary, per, grids = run(a.seed, a.n, a.steps, tasks, methods, pathlib.Path(a.weights), a.random_weights,
+                              jobs=a.jobs, threads=a.threads)
     write_outputs(pathlib.Path(a.out), summary, per, grids)
     print(pathlib.Path(a.out).with_suffix(".md").read_text())
 

@@ -656,8 +656,48 @@ class GuidanceTask:
         return init_latent(self.geometry, z_T, ref_z_T)
 
 
+def _upsample_mask(mask, k: int, name: str):
+    if mask is None:
+        return None
+    m = torch.as_tensor(mask)
+    if m.ndim < 2:
+        raise ValueError(f"{name} must be an [H, W] mask, got shape {tuple(m.shape)}")
+    return m.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+
+
+def rescale_spec(spec: Spec, pixels_per_latent: int) -> Spec:
+    """The same edit expressed in the canonical frame of :data:`LATENT_STRIDE` (8) pixels per latent cell.
+
+    For an autoencoder with another downsampling factor (the demo model's is 4), every pixel becomes a
+    ``k x k`` block, ``k = 8 / pixels_per_latent``: masks are upsampled by nearest neighbour, offsets and
+    points multiplied by ``k``, scales unchanged, so the geometry is exactly that of the original image.
+    """
+    ppl = int(pixels_per_latent)
+    if ppl != pixels_per_latent or ppl < 1 or LATENT_STRIDE % ppl:
+        raise ValueError(f"pixels_per_latent must be 1, 2, 4 or 8 (a divisor of {LATENT_STRIDE}), "
+                         f"got {pixels_per_latent!r}")
+    k = LATENT_STRIDE // ppl
+    if k == 1:
+        return spec
+    if isinstance(spec, MoveSpec):
+        return MoveSpec(_upsample_mask(spec.mask, k, "mask"), spec.dx * k, spec.dy * k, spec.scale,
+                        _upsample_mask(spec.ref_mask, k, "ref_mask"))
+    if isinstance(spec, DragSpec):
+        pts = [((float(h[0]) * k, float(h[1]) * k), (float(g[0]) * k, float(g[1]) * k)) for h, g in spec.points]
+        return DragSpec(pts, _upsample_mask(spec.mask, k, "mask"))
+    if isinstance(spec, AppearanceSpec):
+        return AppearanceSpec(_upsample_mask(spec.mask, k, "mask"), _upsample_mask(spec.ref_mask, k, "ref_mask"))
+    if isinstance(spec, PasteSpec):
+        return PasteSpec(_upsample_mask(spec.mask, k, "mask"), spec.dx * k, spec.dy * k, spec.scale)
+    raise ValueError(f"spec must be a MoveSpec, DragSpec, AppearanceSpec or PasteSpec, got {type(spec).__name__}")
+
+
 def make_task(spec: Spec, latent_size, *, reference: Any = None, consistent_cos: bool = False,
-              **weights) -> GuidanceTask:
+              pixels_per_latent: int = LATENT_STRIDE, **weights) -> GuidanceTask:
     """Build the geometry of ``spec`` for a latent of ``latent_size`` (``(h, w)`` or a latent tensor) and wrap
-    it as a :class:`GuidanceTask`; ``weights`` (``w_edit=...``) override the official defaults."""
+    it as a :class:`GuidanceTask`; ``weights`` (``w_edit=...``) override the official defaults.
+
+    ``pixels_per_latent`` is the autoencoder's downsampling factor (8 for Stable Diffusion; the spec's
+    pixels are then those of the image the latent was encoded from, see :func:`rescale_spec`)."""
+    spec = rescale_spec(spec, pixels_per_latent)
     return GuidanceTask(build_geometry(spec, latent_size), dict(weights), reference, consistent_cos)

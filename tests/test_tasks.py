@@ -238,3 +238,32 @@ def test_make_task_protocol_and_weights():
         make_task(PasteSpec(box(16, 48, 16, 48)), LAT, w_edit=-1.0)
     ta = make_task(AppearanceSpec(box(32, 64, 32, 64), box(0, 32, 0, 32)), LAT)
     assert not ta.edit_first and torch.equal(ta.ref_mask_latent, ta.geometry.m_r_latent)
+
+
+# ------------------------------------------------------------------------------ other VAE factors (demo: 4)
+def test_pixels_per_latent_4_equals_the_upsampled_spec_on_the_canonical_frame():
+    small = box(16, 32, 20, 36, 64, 64)  # 64x64 image, 16x16 latent (4 px per latent cell)
+    t4 = make_task(MoveSpec(small, dx=12, dy=-8), LAT, pixels_per_latent=4)
+    t8 = make_task(MoveSpec(box(32, 64, 40, 72), dx=24, dy=-16), LAT)
+    g4, g8 = t4.geometry, t8.geometry
+    assert g4.shift_px == g8.shift_px == (24, -16)  # in the canonical 8-px frame
+    for name in ("m_org", "m_cur", "m_other", "m_edit", "sde_mask", "src_index"):
+        assert torch.equal(getattr(g4, name), getattr(g8, name)), name
+    # drag points and paste/appearance masks scale the same way
+    d4 = make_task(DragSpec([((20.0, 24.0), (30.0, 24.0))], mask=small), LAT, pixels_per_latent=4).geometry
+    d8 = make_task(DragSpec([((40.0, 48.0), (60.0, 48.0))], mask=box(32, 64, 40, 72)), LAT).geometry
+    for name in ("m_edit", "handle_index", "target_index", "latent_handle", "latent_target"):
+        assert torch.equal(getattr(d4, name), getattr(d8, name)), name
+    a4 = make_task(AppearanceSpec(small, small), LAT, pixels_per_latent=4).geometry
+    assert torch.equal(a4.m_edit, make_task(AppearanceSpec(box(32, 64, 40, 72), box(32, 64, 40, 72)),
+                                            LAT).geometry.m_edit)
+    p4 = make_task(PasteSpec(small, dx=4, dy=4), LAT, pixels_per_latent=4).geometry
+    assert p4.shift_px == (8, 8)
+
+
+def test_pixels_per_latent_validation_names_the_input():
+    with pytest.raises(ValueError, match="pixels_per_latent must be 1, 2, 4 or 8"):
+        make_task(MoveSpec(box(16, 32, 20, 36, 64, 64), 8, 0), LAT, pixels_per_latent=3)
+    # a 64x64 mask is the wrong size for a 16x16 latent at the default 8 px per cell
+    with pytest.raises(ValueError, match="must be 128x128 pixels"):
+        make_task(MoveSpec(box(16, 32, 20, 36, 64, 64), 8, 0), LAT)

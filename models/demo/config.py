@@ -1,13 +1,14 @@
-"""Configs of the demo model: 64x64 RGB <-> 4x8x8 latents, a ~4.7M-parameter UNet, a 64-wide text encoder.
+"""Configs of the demo model: 64x64 RGB <-> 4x16x16 latents, a ~4.7M-parameter UNet, a 64-wide text encoder.
 
-* VAE: diffusers ``AutoencoderKL`` with four levels (three 2x downsamplings: 64 -> 8), widths
-  (16, 32, 64, 64) (narrow at full resolution: ~1M parameters, 3x faster on CPU than 32 wide), one resnet
-  per level, 4 latent channels. ``scaling_factor`` is a placeholder here; ``train.py`` sets it to
+* VAE: diffusers ``AutoencoderKL`` with three levels (two 2x downsamplings: 64 -> 16, the "LDM-4"
+  factor; an 8x factor leaves 256 numbers per image and capped reconstruction near 21 dB in the first
+  CPU run), widths (16, 32, 64) (narrow at full resolution: ~0.7M parameters), one resnet per level,
+  4 latent channels. ``scaling_factor`` is a placeholder here; ``train.py`` sets it to
   ``1 / std(latents)`` after the autoencoder stage (as Stable Diffusion's 0.18215).
-* UNet: diffusers ``UNet2DConditionModel`` on 8x8 latents with three levels (8 -> 4 -> 2), cross
+* UNet: diffusers ``UNet2DConditionModel`` on 16x16 latents with three levels (16 -> 8 -> 4), cross
   attention (width 64) in the two outer down blocks and in up blocks 1 and 2, whose transformer blocks
   carry the decoder **self**-attention (``attn1``) the DiffEditor K,V bank hooks into. Up-block outputs:
-  level 0 -> 4x4, level 1 -> 8x8, level 2 -> 8x8. ``samplers.hooks.default_feature_levels(3) == (0, 1)``
+  level 0 -> 8x8, level 1 -> 16x16, level 2 -> 16x16. ``samplers.hooks.default_feature_levels(3) == (0, 1)``
   (half and full latent resolution, as SD's (1, 2)); levels (1, 2) both exist at full resolution.
 * Scheduler: Stable Diffusion's scaled-linear betas, 1000 steps, epsilon prediction.
 """
@@ -18,15 +19,15 @@ import copy
 from ...bench.scenes import CANVAS
 
 IMAGE_SIZE = CANVAS  # 64
-LATENT_SIZE = 8
+LATENT_SIZE = 16
 LATENT_CHANNELS = 4
 
 VAE_CONFIG = dict(
     in_channels=3,
     out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(16, 32, 64, 64),
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(16, 32, 64),
     layers_per_block=1,
     act_fn="silu",
     latent_channels=LATENT_CHANNELS,
