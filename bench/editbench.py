@@ -255,11 +255,12 @@ def load_pipeline(weights, random_weights: bool):
 
 
 def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROOT / "models" / "demo" / "weights",
-               random_weights=False, recon_n=8, log=print) -> tuple[dict, dict, dict]:
+               random_weights=False, recon_n=8, log=print, checkpoint=None) -> tuple[dict, dict, dict]:
     """Score the scenes ``seed + i`` for ``i`` in ``indices``: (per-scene rows, reconstruction PSNRs, grids).
 
     Rows are ``{task: {method: [metrics, ...]}}`` in the order of ``indices`` (each with its ``scene``
-    index); the grid row of a task is that of its first scene in ``indices``.
+    index); the grid row of a task is that of its first scene in ``indices``. ``checkpoint``: a path that
+    gets one JSON line per finished scene (its rows), so a long run that is stopped keeps what it scored.
     """
     pipe, te, tok = load_pipeline(weights, random_weights)
     per: dict = {t: {} for t in tasks}
@@ -311,6 +312,10 @@ def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROO
                 row[m] = img
             if task not in grids:
                 grids[task] = row
+            if checkpoint is not None:
+                with open(checkpoint, "a") as f:
+                    f.write(json.dumps({"scene": int(i), "task": task,
+                                        "rows": {m: per[task][m][-1] for m in names}}) + "\n")
             log(f"[editbench] scene {i + 1} {task}: " + ", ".join(
                 f"{m} {per[task][m][-1].get('centroid_err_px', per[task][m][-1].get('concept_rate', 0)):.2f}"
                 for m in names))
@@ -318,9 +323,9 @@ def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROO
 
 
 def _worker(args):
-    indices, kw, threads = args
+    indices, kw, threads, checkpoint = args
     torch.set_num_threads(threads)
-    return run_scenes(indices, **kw)
+    return run_scenes(indices, checkpoint=checkpoint, **kw)
 
 
 def summarize(per: dict, recon: dict, seed: int, n: int, steps: int, model: str) -> dict:
@@ -336,19 +341,20 @@ def summarize(per: dict, recon: dict, seed: int, n: int, steps: int, model: str)
 
 
 def run(seed=0, n=32, steps=50, tasks=TASKS, methods=None, weights=ROOT / "models" / "demo" / "weights",
-        random_weights=False, recon_n=8, log=print, jobs=1, threads=1) -> tuple[dict, dict, dict]:
+        random_weights=False, recon_n=8, log=print, jobs=1, threads=1, checkpoint=None) -> tuple[dict, dict, dict]:
     """Every task x method on N scenes; ``jobs`` > 1 splits the scenes over that many processes (the
     per-scene values do not depend on the split: each scene is seeded by its own index)."""
     kw = dict(seed=seed, steps=steps, tasks=tasks, methods=methods, weights=weights,
               random_weights=random_weights, recon_n=recon_n)
     if jobs <= 1:
-        per, recon, grids = run_scenes(range(n), log=log, **kw)
+        per, recon, grids = run_scenes(range(n), log=log, checkpoint=checkpoint, **kw)
     else:
         import multiprocessing as mp
 
         shards = [list(range(k, n, jobs)) for k in range(jobs) if k < n]
         with mp.get_context("spawn").Pool(len(shards)) as pool:
-            parts = pool.map(_worker, [(s, kw, threads) for s in shards])
+            parts = pool.map(_worker, [(s, kw, threads, None if checkpoint is None else f"{checkpoint}.{k}")
+                                       for k, s in enumerate(shards)])
         per = {t: {} for t in tasks}
         recon = {"ddim": [], "exact": []}
         for p_per, p_recon, _ in parts:
@@ -405,6 +411,8 @@ def main(argv=None):
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--jobs", type=int, default=1, help="processes the scenes are split over")
+    ap.add_argument("--checkpoint", default=None, help="append each finished scene's rows to this JSONL "
+                    "(one file per job: PATH.K)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     tasks = tuple(t for t in a.tasks.split(",") if t)
@@ -413,7 +421,7 @@ def main(argv=None):
         raise SystemExit(f"--tasks: unknown {bad}; expected some of {TASKS}")
     methods = tuple(m for m in a.methods.split(",") if m) or None
     summary, per, grids = run(a.seed, a.n, a.steps, tasks, methods, pathlib.Path(a.weights), a.random_weights,
-                              jobs=a.jobs, threads=a.threads)
+                              jobs=a.jobs, threads=a.threads, checkpoint=a.checkpoint)
     write_outputs(pathlib.Path(a.out), summary, per, grids)
     print(pathlib.Path(a.out).with_suffix(".md").read_text())
 

@@ -234,6 +234,12 @@ def main(argv=None) -> dict:
     log(f"params: vae {_params(vae):,}  unet {_params(unet):,}  text {_params(te):,}  threads {torch.get_num_threads()}")
     t_start = time.perf_counter()
     card: dict = {"args": vars(a), "params": {"vae": _params(vae), "unet": _params(unet), "text_encoder": _params(te)}}
+    if a.init and (pathlib.Path(a.init) / "model_card.json").exists():
+        prev = json.loads((pathlib.Path(a.init) / "model_card.json").read_text())
+        card["init"] = {"path": str(a.init), "args": prev.get("args")}
+        for stage in ("vae", "unet"):  # stages trained earlier carry over into this card
+            if stage in prev:
+                card[stage] = prev[stage]
     heldout = scene_batch(np.random.default_rng(10 ** 9 + a.seed), a.heldout)[0] if a.heldout > 0 else None
     if vae_steps > 0:
         card["vae"] = train_vae(vae, vae_steps, rng, a.batch, a.vae_lr, a.kl_weight, device, a.log_every, log,
