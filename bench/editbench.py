@@ -254,6 +254,18 @@ def load_pipeline(weights, random_weights: bool):
     return DiffEditorPipeline(unet, vae=vae, encode_text=encode_text, alphas_cumprod=ac), te, tok
 
 
+def reconstruction_psnr(pipe, case, steps: int, z=None, traj=None) -> dict:
+    """PSNR of the source after inversion + reconstruction: plain DDIM and exact (5 fixed-point iterations)."""
+    cap = case.source.caption()
+    if z is None:
+        z = pipe.encode_image(torch.from_numpy(case.source_image)[None])
+    if traj is None:
+        traj = pipe.invert(z, cap, steps=steps, bank_window=None)
+    ex = pipe.invert(z, cap, steps=steps, exact_iters=5, bank_window=None)
+    return {"ddim": psnr(pipe.decode(pipe.reconstruct(traj, cap))[0].numpy(), case.source_image),
+            "exact": psnr(pipe.decode(pipe.reconstruct(ex, cap))[0].numpy(), case.source_image)}
+
+
 def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROOT / "models" / "demo" / "weights",
                random_weights=False, recon_n=8, log=print, checkpoint=None) -> tuple[dict, dict, dict]:
     """Score the scenes ``seed + i`` for ``i`` in ``indices``: (per-scene rows, reconstruction PSNRs, grids).
@@ -275,11 +287,8 @@ def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROO
             traj = pipe.invert(z, case.source.caption(), steps=steps)
             inv_s = time.time() - t0
             if task == "move" and i < recon_n:
-                recon["ddim"].append(psnr(pipe.decode(pipe.reconstruct(traj, case.source.caption()))[0].numpy(),
-                                          case.source_image))
-                ex = pipe.invert(z, case.source.caption(), steps=steps, exact_iters=5, bank_window=None)
-                recon["exact"].append(psnr(pipe.decode(pipe.reconstruct(ex, case.source.caption()))[0].numpy(),
-                                           case.source_image))
+                for k, v in reconstruction_psnr(pipe, case, steps, z, traj).items():
+                    recon[k].append(v)
             row = {"source": case.source_image, "truth": case.truth_image}
             if task == "erase":
                 names = [m for m in ERASE_METHODS if methods is None or m in methods]
@@ -371,6 +380,37 @@ def run(seed=0, n=32, steps=50, tasks=TASKS, methods=None, weights=ROOT / "model
     return summarize(per, recon, seed, n, steps, model), per, grids
 
 
+def from_checkpoints(paths, seed=0, steps=50, tasks=TASKS, weights=ROOT / "models" / "demo" / "weights",
+                     random_weights=False, recon_n=8, log=print) -> tuple[dict, dict, dict]:
+    """Rebuild a run from ``--checkpoint`` JSONL files (e.g. of a run that was stopped): the scenes that
+    finished every task count (N = their number), the reconstruction PSNR is measured anew on the first
+    ``recon_n`` of them; no picture grid."""
+    done: dict = {}
+    for path in paths:
+        for line in pathlib.Path(path).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done.setdefault(int(r["scene"]), {})[r["task"]] = r["rows"]
+    scenes_ok = sorted(i for i, ts in done.items() if all(t in ts for t in tasks))
+    if not scenes_ok:
+        raise SystemExit(f"no scene finished every task in {list(paths)}")
+    per: dict = {t: {} for t in tasks}
+    for i in scenes_ok:
+        for t in tasks:
+            for m, row in done[i][t].items():
+                per[t].setdefault(m, []).append(row)
+    pipe, _, _ = load_pipeline(weights, random_weights)
+    recon = {"ddim": [], "exact": []}
+    for i in scenes_ok[:recon_n]:
+        for k, v in reconstruction_psnr(pipe, make_case("move", seed + i), steps).items():
+            recon[k].append(v)
+    model = "demo (random weights)" if random_weights else f"demo ({pathlib.Path(weights).name})"
+    summary = summarize(per, recon, seed, len(scenes_ok), steps, model)
+    summary["scenes"] = scenes_ok
+    log(f"[editbench] {len(scenes_ok)} complete scenes from {len(paths)} checkpoint file(s)")
+    return summary, per, {}
+
+
 def write_outputs(out: pathlib.Path, summary: dict, per: dict, grids: dict) -> None:
     from PIL import Image
 
@@ -389,6 +429,8 @@ def write_outputs(out: pathlib.Path, summary: dict, per: dict, grids: dict) -> N
             lines.append(f"| {m} | " + " | ".join(f"{v[k]:.3f}" if k in v else "" for k in cols) + " |")
         lines.append("")
     out.with_suffix(".md").write_text("\n".join(lines))
+    if not grids:
+        return
     rows = []
     width = max(len(r) for r in grids.values())
     for task, r in grids.items():
@@ -413,6 +455,8 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=1, help="processes the scenes are split over")
     ap.add_argument("--checkpoint", default=None, help="append each finished scene's rows to this JSONL "
                     "(one file per job: PATH.K)")
+    ap.add_argument("--from-checkpoints", default="", help="comma list of checkpoint files: summarise them "
+                    "instead of running (the scenes that finished every task)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     tasks = tuple(t for t in a.tasks.split(",") if t)
@@ -420,8 +464,12 @@ def main(argv=None):
     if bad:
         raise SystemExit(f"--tasks: unknown {bad}; expected some of {TASKS}")
     methods = tuple(m for m in a.methods.split(",") if m) or None
-    summary, per, grids = run(a.seed, a.n, a.steps, tasks, methods, pathlib.Path(a.weights), a.random_weights,
-                              jobs=a.jobs, threads=a.threads, checkpoint=a.checkpoint)
+    if a.from_checkpoints:
+        summary, per, grids = from_checkpoints([c for c in a.from_checkpoints.split(",") if c], a.seed, a.steps,
+                                               tasks, pathlib.Path(a.weights), a.random_weights)
+    else:
+        summary, per, grids = run(a.seed, a.n, a.steps, tasks, methods, pathlib.Path(a.weights),
+                                  a.random_weights, jobs=a.jobs, threads=a.threads, checkpoint=a.checkpoint)
     write_outputs(pathlib.Path(a.out), summary, per, grids)
     print(pathlib.Path(a.out).with_suffix(".md").read_text())
 

@@ -1,12 +1,15 @@
 """Smoke run of the edit benchmark: every task, method and metric key is written."""
 import json
 
+import pytest
+
 from diffeditor.bench import editbench
 
 
 def test_editbench_smoke_writes_every_key(tmp_path):
     out = tmp_path / "eb.json"
-    editbench.main(["--n", "2", "--steps", "10", "--random-weights", "--out", str(out)])
+    ck = tmp_path / "ck.jsonl"
+    editbench.main(["--n", "2", "--steps", "10", "--random-weights", "--out", str(out), "--checkpoint", str(ck)])
     res = json.loads(out.read_text())
     assert res["n"] == 2 and res["steps"] == 10 and res["seed"] == 0
     assert res["reconstruction"]["ddim"]["psnr"] is not None and res["reconstruction"]["exact"]["psnr"] is not None
@@ -27,3 +30,11 @@ def test_editbench_smoke_writes_every_key(tmp_path):
     per = json.loads(out.with_suffix(".scenes.json").read_text())
     assert len(per["move"]["diffeditor"]) == 2
     assert out.with_suffix(".md").exists() and out.with_suffix(".png").stat().st_size > 0
+
+    # a stopped run is rebuilt from its checkpoint: the same per-scene rows, hence the same means
+    out2 = tmp_path / "eb2.json"
+    editbench.main(["--steps", "10", "--random-weights", "--out", str(out2), "--from-checkpoints", str(ck)])
+    res2 = json.loads(out2.read_text())
+    assert res2["n"] == 2 and res2["scenes"] == [0, 1] and res2["tasks"] == res["tasks"]
+    for k in ("ddim", "exact"):
+        assert res2["reconstruction"][k]["psnr"] == pytest.approx(res["reconstruction"][k]["psnr"], abs=1e-3)

@@ -258,8 +258,9 @@ def main(argv=None) -> dict:
 
     card["versions"] = {"torch": torch.__version__, "diffusers": diffusers.__version__, "numpy": np.__version__}
     out = pathlib.Path(a.out)
-    save_demo(out, vae.cpu(), unet.cpu(), te.cpu(), tok, extra={"trained": {
-        "vae_steps": vae_steps, "unet_steps": unet_steps, "seed": a.seed}})
+    trained = {"vae_steps": card.get("vae", {}).get("steps", 0), "unet_steps": card.get("unet", {}).get("steps", 0),
+               "seed": a.seed}  # stages carried over from --init count too
+    save_demo(out, vae.cpu(), unet.cpu(), te.cpu(), tok, extra={"trained": trained})
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
     for stage in ("vae", "unet"):
         if stage in card:
