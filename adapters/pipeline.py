@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..samplers.blend import TrajectoryAnchor
 from ..samplers.edit import EditSchedule, EditStats, EditTask, preset_schedule, sample_edit
 from ..samplers.hooks import EditHooks, KVBank
 from ..samplers.inversion import invert
@@ -112,11 +113,16 @@ class DiffEditorPipeline:
                                  model_id=self.model_id, hooks=self.hooks, disable=self.disable)
 
     def edit(self, trajectory: EditTrajectory, task: EditTask, prompt, negative=None, cfg: float = 4.0,
-             schedule: EditSchedule | None = None, seed: int = 42, stats: EditStats | None = None) -> torch.Tensor:
-        """Run DiffEditor's editing loop; ``task`` comes from ``guidance.tasks`` (move, drag, ...)."""
+             schedule: EditSchedule | None = None, seed: int = 42, stats: EditStats | None = None,
+             blend: TrajectoryAnchor | None = None) -> torch.Tensor:
+        """Run DiffEditor's editing loop; ``task`` comes from ``guidance.tasks`` (move, drag, ...).
+
+        ``blend``: pin the latent outside its mask to its trajectory after every step of its window
+        (e.g. ``TrajectoryAnchor(trajectory, task.edit_mask)`` keeps the background exactly on the inversion).
+        """
         den = self.denoiser(prompt, negative, cfg)
         host = DiffusersHost(den, interrupt=self.interrupt)
         x = trajectory.z_T
         return sample_edit(den, x, trajectory.sigmas.to(x.device), host=host, hooks=self.hooks,
                            trajectory=trajectory, task=task, schedule=schedule or preset_schedule(),
-                           seed=seed, model_id=self.model_id, stats=stats, disable=self.disable)
+                           seed=seed, model_id=self.model_id, stats=stats, blend=blend, disable=self.disable)

@@ -11,10 +11,12 @@ Tasks: move, resize, drag (rigid drags: every handle moves by the same vector, s
 appearance, paste, erase. Methods: ``baseline`` (latent copy-paste at the clean level + SDEdit
 harmonisation at strength 0.5, locked to the source trajectory outside the edit mask), ``dragondiffusion``,
 ``diffeditor`` and its ablations ``diffeditor_no_sde``, ``diffeditor_no_timetravel``,
-``diffeditor_global_guidance``, ``diffeditor_no_kv``; drag adds ``dragloss`` when the drag optimiser is
-available. Erase compares ``baseline`` (regenerate from the inverted z_T with the concept dropped from the
-prompt), ``uce`` (closed-form erasure of the colour word) and ``sld`` (safe guidance away from it). The
-demo model has no image encoder, so DiffEditor's image prompt is off in every method.
+``diffeditor_global_guidance``, ``diffeditor_no_kv``, and ``diffeditor_anchored`` (the preset with the
+pack's trajectory-anchored blending outside the edit mask, the lock the baseline gets too); drag adds
+``dragloss`` when the drag optimiser is available. Erase compares ``baseline`` (regenerate from the
+inverted z_T with the concept dropped from the prompt), ``uce`` (closed-form erasure of the colour word)
+and ``sld`` (safe guidance away from it). The demo model has no image encoder, so DiffEditor's image
+prompt is off in every method.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ from .detector import detect  # noqa: E402
 
 TASKS = ("move", "resize", "drag", "appearance", "paste", "erase")
 EDIT_METHODS = ("baseline", "dragondiffusion", "diffeditor", "diffeditor_no_sde", "diffeditor_no_timetravel",
-                "diffeditor_global_guidance", "diffeditor_no_kv")
+                "diffeditor_global_guidance", "diffeditor_no_kv", "diffeditor_anchored")
 ERASE_METHODS = ("baseline", "uce", "sld")
 SCHEDULE_TASK = {"move": "move", "resize": "move", "drag": "drag", "appearance": "appearance", "paste": "paste"}
 CASE_KIND = {"move": "move", "resize": "resize", "drag": "drag_move", "appearance": "appearance",
@@ -163,7 +165,8 @@ def run_guided(pipe, traj, task, prompt, cfg, method, task_name, seed) -> tuple[
     preset = "DragonDiffusion" if method == "dragondiffusion" else "DiffEditor"
     sched = preset_schedule(preset, SCHEDULE_TASK[task_name], **ABLATION.get(method, {}))
     stats = EditStats()
-    out = pipe.edit(traj, task, prompt, cfg=cfg, schedule=sched, seed=seed, stats=stats)
+    blend = TrajectoryAnchor(traj, task.edit_mask) if method == "diffeditor_anchored" else None
+    out = pipe.edit(traj, task, prompt, cfg=cfg, schedule=sched, seed=seed, stats=stats, blend=blend)
     nfe = stats.cfg_forwards + stats.feature_forwards + stats.reference_forwards + stats.renoise_forwards
     return out, nfe
 

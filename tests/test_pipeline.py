@@ -55,3 +55,21 @@ def test_move_edit_runs_and_counts_calls(pipe):
     with pytest.raises(ValueError, match="another model"):
         other = DiffEditorPipeline(make_tiny_unet(seed=5), vae=pipe.vae, encode_text=pipe.encode_text)
         other.reconstruct(tr, "a red square")
+
+
+def test_anchored_edit_keeps_outside_on_the_trajectory(pipe):
+    from diffeditor.samplers.blend import TrajectoryAnchor
+
+    img = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(2))
+    z = pipe.encode_image(img)
+    tr = pipe.invert(z, "a red square", steps=10)
+    mask = torch.zeros(128, 128)
+    mask[32:64, 40:72] = 1
+    task = make_task(MoveSpec(mask, dx=16, dy=8), z)
+    sched = preset_schedule("DiffEditor", "move")
+    free = pipe.edit(tr, task, "a red square", cfg=4.0, schedule=sched)
+    out = pipe.edit(tr, task, "a red square", cfg=4.0, schedule=sched, blend=TrajectoryAnchor(tr, task.edit_mask))
+    m = task.edit_mask.expand_as(out) > 0.5
+    assert torch.equal(out[~m], tr.x0[~m])  # outside the edit region: exactly the inverted source
+    assert float((free - tr.x0)[~m].abs().max()) > 1e-3  # (the free edit does drift there)
+    assert float((out - tr.x0)[m].abs().max()) > 1e-3  # inside, the edit still happens
