@@ -127,7 +127,7 @@ def unit_costs(unet, den: DiffusersDenoiser, host: DiffusersHost, x, sigma, leve
 
 def bench_model(name: str, device, dtype, steps: int, tasks, reps: int, hw=None) -> dict:
     unet = build_unet(name, device, dtype)
-    lat_hw = hw or (8, 8) if name == "demo" else hw or (CONFIGS[name]["sample_size"],) * 2
+    lat_hw = hw or (int(unet.config.sample_size),) * 2  # the demo: its latent size (16x16); SD: the config's
     ctx_len, ctx_dim = (16, unet.config.cross_attention_dim) if name == "demo" else CONTEXT[name]
     g = torch.Generator().manual_seed(0)
     cond = torch.randn(1, ctx_len, ctx_dim, generator=g).to(device, dtype)
