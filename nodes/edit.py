@@ -11,6 +11,7 @@ from ..adapters.comfy_adapter import check_supported, make_sampler, model_id
 from ..guidance.energies import TASK_DEFAULTS
 from ..guidance.tasks import AppearanceSpec, DragSpec, MoveSpec, PasteSpec, make_task, parse_points
 from ..guidance.specs_io import schedule_from_knobs
+from ..samplers.blend import TrajectoryAnchor
 from ..samplers.edit import KV_MODES, PRESETS, sample_edit
 from ..samplers.trajectory import EditTrajectory
 from .common import (CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_mask, check_trajectory,
@@ -214,6 +215,11 @@ def _knob_inputs() -> list:
         io.Float.Input("kv_end", default=-1.0, min=-1.0, max=1.0, step=0.01,
                        tooltip="End (exclusive) of visual cross-attention (move/drag 1.0, appearance/paste "
                                "0.72)" + auto + "."),
+        io.Boolean.Input("keep_background", default=False,
+                         tooltip="Lock the latent outside the edit region to the source's inverted trajectory "
+                                 "after every step, so the background is exactly the source's reconstruction "
+                                 "(not in the official code; off = official behaviour, where CFG lets the "
+                                 "background drift)."),
     ]
 
 
@@ -247,6 +253,13 @@ def _schedule(spec, preset, energy=-1.0, kappa=-1.0, regional=True, guidance_sta
             kv_window=(_auto(kv_start), _auto(kv_end)))
     except ValueError as e:
         raise ValueError(f"edit settings: {e}") from None
+
+
+def _anchor(trajectory: EditTrajectory, task, keep_background) -> TrajectoryAnchor | None:
+    """``keep_background``: the trajectory anchor outside the task's edit region (else None)."""
+    if not isinstance(keep_background, bool):
+        raise ValueError(f"keep_background: expected a boolean, got {keep_background!r}")
+    return TrajectoryAnchor(trajectory, task.edit_mask) if keep_background else None
 
 
 def _check_spec(spec) -> None:
@@ -305,13 +318,15 @@ class DiffEditorEditSampler(io.ComfyNode):
                                        tooltip="SAMPLER for SamplerCustomAdvanced (with the trajectory's SIGMAS).")])
 
     @classmethod
-    def execute(cls, trajectory, spec, preset="DiffEditor", seed=42, **knobs) -> io.NodeOutput:
+    def execute(cls, trajectory, spec, preset="DiffEditor", seed=42, keep_background=False,
+                **knobs) -> io.NodeOutput:
         traj = check_trajectory(trajectory, "trajectory")
         schedule = _schedule(spec, preset, **knobs)
         _check_bank(traj, schedule)
         task = _task(spec, traj, None)
         return io.NodeOutput(make_sampler(_sample_edit_checked, trajectory=traj, task=task, schedule=schedule,
-                                          seed=seed, with_model_id=True))
+                                          seed=seed, blend=_anchor(traj, task, keep_background),
+                                          with_model_id=True))
 
 
 class DiffEditorEdit(io.ComfyNode):
@@ -338,7 +353,7 @@ class DiffEditorEdit(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, trajectory, spec, cfg=-1.0, preset="DiffEditor", seed=42,
-                **knobs) -> io.NodeOutput:
+                keep_background=False, **knobs) -> io.NodeOutput:
         check_supported(model, "model")
         model = model.clone()  # the run installs its hooks on copies of model_options only
         check_conditioning(positive, "positive")
@@ -349,12 +364,13 @@ class DiffEditorEdit(io.ComfyNode):
         schedule = _schedule(spec, preset, **knobs)
         _check_bank(traj, schedule)
         task = _task(spec, traj, mid)
+        blend = _anchor(traj, task, keep_background)
         cfg = TASK_DEFAULTS[spec.task]["cfg"] if cfg < 0 else check_finite(cfg, "cfg", 0.0, 100.0)
         with torch.inference_mode(False):
             zeros = torch.zeros(traj.shape, dtype=torch.float32)
             out = comfy.sample.sample_custom(
                 model, zeros, cfg, make_sampler(sample_edit, trajectory=traj, task=task, schedule=schedule,
-                                                seed=seed, with_model_id=True),
+                                                seed=seed, blend=blend, with_model_id=True),
                 traj.sigmas.clone(), plain_conditioning(positive), plain_conditioning(negative), zeros.clone(),
                 noise_mask=None, callback=progress_callback(model, traj.steps), disable_pbar=disable_pbar(),
                 seed=seed)

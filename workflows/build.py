@@ -49,7 +49,7 @@ INVERT = dict(steps=50, scheduler="ddim_uniform", cfg=1.0, exact=False, exact_it
               bank_start=0.0, bank_end=1.0, kv_budget_mb=4096.0)
 KNOBS = dict(preset="DiffEditor", seed=42, energy=-1.0, kappa=-1.0, regional=True, guidance_start=0.0,
              guidance_end=-1.0, sde_strength=-1.0, sde_strength_outside=0.0, sde_start=0.22, sde_end=0.4, time_travel_repeats=-1, time_travel_start=0.44, time_travel_end=0.6,
-             visual_cross_attention="auto", kv_start=-1.0, kv_end=-1.0)
+             visual_cross_attention="auto", kv_start=-1.0, kv_end=-1.0, keep_background=False)
 # The edit's classifier-free guidance, written out (not -1 = auto) so artists see it: the official value per
 # task (guidance.energies.TASK_DEFAULTS; tests/test_workflows.py keeps the two in sync).
 EDIT_TASK = {"move": "move", "resize": "move", "drag": "drag", "appearance_replace": "appearance",
