@@ -340,6 +340,10 @@ def _worker(args):
     return run_scenes(indices, checkpoint=checkpoint, **kw)
 
 
+def _model_name(weights, random_weights: bool) -> str:
+    return "demo (random weights)" if random_weights else f"demo ({pathlib.Path(weights).name})"
+
+
 def summarize(per: dict, recon: dict, seed: int, n: int, steps: int, model: str) -> dict:
     def mean(rows, k):
         return float(np.mean([r[k] for r in rows]))
@@ -379,7 +383,7 @@ def run(seed=0, n=32, steps=50, tasks=TASKS, methods=None, weights=ROOT / "model
             for rows in ms.values():
                 rows.sort(key=lambda r: r["scene"])
         grids = parts[0][2]  # shard 0 holds scene 0
-    model = "demo (random weights)" if random_weights else f"demo ({pathlib.Path(weights).name})"
+    model = _model_name(weights, random_weights)
     return summarize(per, recon, seed, n, steps, model), per, grids
 
 
@@ -407,7 +411,7 @@ def from_checkpoints(paths, seed=0, steps=50, tasks=TASKS, weights=ROOT / "model
     for i in scenes_ok[:recon_n]:
         for k, v in reconstruction_psnr(pipe, make_case("move", seed + i), steps).items():
             recon[k].append(v)
-    model = "demo (random weights)" if random_weights else f"demo ({pathlib.Path(weights).name})"
+    model = _model_name(weights, random_weights)
     summary = summarize(per, recon, seed, len(scenes_ok), steps, model)
     summary["scenes"] = scenes_ok
     log(f"[editbench] {len(scenes_ok)} complete scenes from {len(paths)} checkpoint file(s)")

@@ -40,16 +40,21 @@ def test_encode_invert_reconstruct_decode(pipe):
     assert out.shape == (1, 128, 128, 3) and float(out.min()) >= 0 and float(out.max()) <= 1
 
 
-def test_move_edit_runs_and_counts_calls(pipe):
-    img = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(1))
+def _move_case(pipe, seed):
+    """(trajectory, move task) of a random 128x128 image, 10 steps, a square moved by (16, 8) px."""
+    img = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(seed))
     z = pipe.encode_image(img)
     tr = pipe.invert(z, "a red square", steps=10)
     mask = torch.zeros(128, 128)
     mask[32:64, 40:72] = 1
-    task = make_task(MoveSpec(mask, dx=16, dy=8), z)
+    return tr, make_task(MoveSpec(mask, dx=16, dy=8), z)
+
+
+def test_move_edit_runs_and_counts_calls(pipe):
+    tr, task = _move_case(pipe, 1)
     stats = EditStats()
     out = pipe.edit(tr, task, "a red square", cfg=4.0, schedule=preset_schedule("DiffEditor", "move"), stats=stats)
-    assert out.shape == z.shape and torch.isfinite(out).all()
+    assert out.shape == tr.x0.shape and torch.isfinite(out).all()
     # 10 steps: guidance on 0,1 then every 2nd up to 6 -> {0,1,2,4}; time travel {4} with 3 passes
     assert stats.guidance_evals == 6 and stats.cfg_forwards == 12 and stats.renoise_forwards == 2
     with pytest.raises(ValueError, match="another model"):
@@ -60,12 +65,7 @@ def test_move_edit_runs_and_counts_calls(pipe):
 def test_anchored_edit_keeps_outside_on_the_trajectory(pipe):
     from diffeditor.samplers.blend import TrajectoryAnchor
 
-    img = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(2))
-    z = pipe.encode_image(img)
-    tr = pipe.invert(z, "a red square", steps=10)
-    mask = torch.zeros(128, 128)
-    mask[32:64, 40:72] = 1
-    task = make_task(MoveSpec(mask, dx=16, dy=8), z)
+    tr, task = _move_case(pipe, 2)
     sched = preset_schedule("DiffEditor", "move")
     free = pipe.edit(tr, task, "a red square", cfg=4.0, schedule=sched)
     out = pipe.edit(tr, task, "a red square", cfg=4.0, schedule=sched, blend=TrajectoryAnchor(tr, task.edit_mask))
