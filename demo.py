@@ -25,7 +25,7 @@ de = pack_loader.load("diffeditor")
 from diffeditor.adapters.pipeline import DiffEditorPipeline  # noqa: E402
 from diffeditor.bench import scenes  # noqa: E402
 from diffeditor.bench.detector import detect  # noqa: E402
-from diffeditor.guidance.energies import TASK_DEFAULTS  # noqa: E402
+from diffeditor.guidance.official import TASK_DEFAULTS  # noqa: E402
 from diffeditor.guidance.tasks import MoveSpec, make_task  # noqa: E402
 from diffeditor.models.demo.load import build_random, load_demo  # noqa: E402
 from diffeditor.samplers.edit import EditStats, preset_schedule  # noqa: E402

@@ -233,16 +233,6 @@ def cond_fingerprint(*conditionings) -> str:
     return h.hexdigest()[:16]
 
 
-def latent_to_model(model_patcher, samples: torch.Tensor) -> torch.Tensor:
-    """LATENT["samples"] (raw VAE space) -> model latent scale."""
-    return _base_model(model_patcher).process_latent_in(samples)
-
-
-def latent_to_raw(model_patcher, samples: torch.Tensor) -> torch.Tensor:
-    """Model latent scale -> raw VAE space (LATENT["samples"])."""
-    return _base_model(model_patcher).process_latent_out(samples)
-
-
 # ------------------------------------------------------------------------------------- hook patches
 class _Attn1Hook:
     """attn1 replace patch of one transformer block: K,V through the hooks, then the attention core."""

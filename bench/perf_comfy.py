@@ -84,12 +84,9 @@ def main(argv=None):
         "move": run(DiffEditorMoveSpec, mask=m, dx=dx, dy=0, scale=1.0)[0],
         "drag": run(DiffEditorDragSpec, points=f"{cx},{cy}->{cx + dx},{cy}")[0],
         "appearance": run(DiffEditorAppearanceSpec, mask=m, reference=ref, ref_mask=m)[0],
-        "paste": run(DiffEditorPasteSpec, reference=ref, mask=m, dx=dx, dy=0, scale=1.0)[0],
+        "paste": run(DiffEditorPasteSpec, reference=ref, mask=m, dx=dx, dy=0)[0],
     }
-    knobs = dict(preset="DiffEditor", seed=42, energy=-1.0, kappa=-1.0, regional=True, guidance_start=0.0,
-                 guidance_end=-1.0, sde_strength=-1.0, sde_strength_outside=0.0, sde_start=0.22, sde_end=0.4,
-                 time_travel_repeats=-1, time_travel_start=0.44, time_travel_end=0.6,
-                 visual_cross_attention="auto", kv_start=-1.0, kv_end=-1.0)
+    knobs = dict(preset="DiffEditor", seed=42, guidance_strength=1.0, keep_background=False)  # official preset
     res = {"checkpoint": "thin SD15-detected (320 ch, 3 levels, random)", "size": S, "steps": a.steps,
            "threads": a.threads, "torch": torch.__version__, "inversion_s": inv_s, "inversion_unet_calls": inv_calls,
            "kv_bank_bytes": traj.bank.nbytes, "tasks": {}}

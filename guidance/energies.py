@@ -24,23 +24,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-# Per-task defaults of the official demo UI (reference §1.10). ``energy_ui`` is the UI slider; the
-# energy scale eta is ``energy_ui * 1000``; the effective guidance strength is ``energy_scale * kappa``.
-# ``None`` marks a weight the task does not use.
-TASK_DEFAULTS: dict[str, dict] = {
-    "move": dict(cfg=4.0, energy_ui=0.5, energy_scale=500.0, kappa=0.08, w_edit=4.0, w_content=6.0,
-                 w_contrast=0.2, w_inpaint=0.8, sde_strength=0.4, image_prompt_scale=0.1),
-    "drag": dict(cfg=4.0, energy_ui=2.0, energy_scale=2000.0, kappa=0.04, w_edit=4.0, w_content=6.0,
-                 w_contrast=None, w_inpaint=0.2, sde_strength=0.4, image_prompt_scale=0.1),
-    "appearance": dict(cfg=5.0, energy_ui=2.0, energy_scale=2000.0, kappa=0.04, w_edit=3.5, w_content=5.0,
-                       w_contrast=None, w_inpaint=None, sde_strength=0.4, image_prompt_scale=0.1),
-    "paste": dict(cfg=4.0, energy_ui=1.5, energy_scale=1500.0, kappa=0.04, w_edit=4.0, w_content=6.0,
-                  w_contrast=None, w_inpaint=None, sde_strength=0.4, image_prompt_scale=0.1),
-    # Face / landmark drag: listed for completeness (no energy here); its SDE is global (eta 0.2 everywhere)
-    # and the official code ignores w_inpaint (0.4).
-    "face": dict(cfg=4.0, energy_ui=3.0, energy_scale=3000.0, kappa=0.04, w_edit=12.0, w_content=None,
-                 w_contrast=None, w_inpaint=None, sde_strength=0.2, image_prompt_scale=0.05),
-}
+from .official import TASK_DEFAULTS  # the official weights are the energies' defaults
 
 _MOVE, _DRAG, _APP, _PASTE = (TASK_DEFAULTS[k] for k in ("move", "drag", "appearance", "paste"))
 

@@ -16,7 +16,8 @@ official update exactly (see its docstring); :func:`grad_z_from_grad_x` and frie
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .grids import resize_mask
 
 
 # ------------------------------------------------------------------------------------------------- masks
@@ -32,8 +33,7 @@ def latent_mask(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if m.ndim != 4 or m.shape[1] != 1 or m.shape[0] not in (1, like.shape[0]):
         raise ValueError(f"m_edit must be [h, w], [1, h, w] or [1|B, 1, h, w], got {tuple(m.shape)} for a latent "
                          f"of shape {tuple(like.shape)}")
-    if tuple(m.shape[-2:]) != tuple(like.shape[-2:]):
-        m = F.interpolate(m, size=tuple(like.shape[-2:]), mode="nearest")
+    m = resize_mask(m, like.shape[-2:], "nearest")
     return (m > 0).to(m.dtype)
 
 
@@ -112,12 +112,6 @@ def grad_z_from_grad_x(grad_x: torch.Tensor, sigma) -> torch.Tensor:
     """``grad_z E = sqrt(1 + sigma^2) * grad_x E`` (chain rule through ``x = z * sqrt(1 + sigma^2)``)."""
     s = _bcast(sigma, grad_x)
     return grad_x * torch.sqrt(1 + s * s)
-
-
-def guidance_scale_sigma(sigma, kappa: float, energy_scale: float):
-    """Factor turning ``grad_x E`` into the official ``g = kappa*eta*grad_z E``: ``kappa*eta*sqrt(1+sigma^2)``."""
-    s = torch.as_tensor(sigma, dtype=torch.float64)
-    return float(kappa) * float(energy_scale) * torch.sqrt(1 + s * s)
 
 
 def guided_denoised(D: torch.Tensor, sigma, grad_x: torch.Tensor, kappa: float, energy_scale: float) -> torch.Tensor:

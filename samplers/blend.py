@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from ..guidance.grids import resize_mask
 from .schedule import StepWindow, match_step
 from .trajectory import EditTrajectory
 
@@ -75,9 +75,7 @@ def mask_to_latent(mask: torch.Tensor, latent_shape, name: str = "mask", feather
         raise ValueError(f"{name} is empty (all zeros); paint the region to edit")
     if feather_px > 0 or grow_px:
         m = feather_mask(m, feather_px, grow_px, name)
-    if (H, W) != (h, w):
-        m = F.interpolate(m, size=(h, w), mode="area")
-    return m
+    return resize_mask(m, (h, w), "area")
 
 
 @dataclass

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..guidance.drag_loss import all_reached, mask_regulariser, motion_supervision_loss, track_points
+from ..guidance.grids import resize_mask
 from .hooks import EditHost, default_feature_levels
 
 DEFAULTS = dict(steps=80, lr=0.01, r_m=1, r_p=3, lam=0.1, strength=0.7)
@@ -68,7 +69,7 @@ def editable_mask(mask: torch.Tensor | None, latent_hw, like: torch.Tensor) -> t
     while m.ndim < 4:
         m = m.unsqueeze(0)
     m = (m[:1, :1] > 0).float()
-    return F.interpolate(m, size=tuple(latent_hw), mode="nearest").to(device=like.device, dtype=torch.float32)
+    return resize_mask(m, latent_hw, "nearest").to(device=like.device, dtype=torch.float32)
 
 
 def optimize_drag(host: EditHost, x: torch.Tensor, sigma, sigma_next, handles_px: Sequence, targets_px: Sequence,

@@ -19,19 +19,20 @@ The task (move, drag, appearance, paste, ...) is a small object from ``guidance/
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
 from tqdm.auto import trange
 
+from ..guidance import official as O
 from ..guidance.regional import guided_denoised, regional_gradient
 from .blend import TrajectoryAnchor
 from .ddim import ddim_step
 from .hooks import EditHooks, EditHost, KVInjection, default_feature_levels
-from .inversion import check_latent
 from .sampling import NoiseSource, regional_eta
-from .schedule import StepWindow, check_sigmas, window_steps
+from .schedule import StepWindow, check_latent, check_sigmas, window_steps
 from .trajectory import EditTrajectory
 
 
@@ -52,45 +53,36 @@ class EditTask(Protocol):
 
 @dataclass(frozen=True)
 class EditSchedule:
-    """Which mechanisms run on which steps (fractions of the step count)."""
+    """Which mechanisms run on which steps (fractions of the step count); defaults = DiffEditor, move."""
 
-    guidance: tuple[StepWindow, ...] = (StepWindow(0.0, 0.2), StepWindow(0.2, 0.6, 2))
-    sde: StepWindow | None = StepWindow(0.22, 0.4)
-    eta_in: float = 0.4
+    guidance: tuple[StepWindow, ...] = O.DIFFEDITOR_GUIDANCE
+    sde: StepWindow | None = StepWindow(*O.SDE_WINDOW)
+    eta_in: float = O.SDE_STRENGTH
     eta_out: float = 0.0
-    time_travel: StepWindow | None = StepWindow(0.44, 0.6, 2)
-    repeats: int = 3
-    kv_mode: str | None = "replace"
-    kv: StepWindow | None = StepWindow(0.1, 1.0)
-    energy_scale: float = 500.0  # eta: UI energy x 1000
-    kappa: float = 0.08
+    time_travel: StepWindow | None = StepWindow(*O.TIME_TRAVEL_WINDOW, O.TIME_TRAVEL_EVERY)
+    repeats: int = O.TIME_TRAVEL_REPEATS
+    kv_mode: str | None = O.TASK_DEFAULTS["move"]["kv_mode"]
+    kv: StepWindow | None = O.TASK_DEFAULTS["move"]["kv"]
+    energy_scale: float = O.TASK_DEFAULTS["move"]["energy_scale"]  # eta: UI energy x 1000
+    kappa: float = O.TASK_DEFAULTS["move"]["kappa"]
     regional: bool = True  # False: both energy gradients everywhere (ablation)
     feature_levels: tuple[int, ...] | None = None  # None: default_feature_levels of the host
 
-    def __post_init__(self):
-        if self.repeats < 1:
-            raise ValueError(f"time-travel repeats must be >= 1, got {self.repeats}")
-        if self.energy_scale < 0 or self.kappa < 0:
-            raise ValueError("energy scale and kappa must be >= 0")
-        if not (0 <= self.eta_in <= 1 and 0 <= self.eta_out <= 1):
-            raise ValueError(f"SDE strengths must be in [0, 1], got inside {self.eta_in}, outside {self.eta_out}")
+    def __post_init__(self):  # structural invariants; user-facing knobs are checked by EditKnobs
+        if self.repeats < 1 or self.energy_scale < 0 or self.kappa < 0 or not (
+                0 <= self.eta_in <= 1 and 0 <= self.eta_out <= 1):
+            raise ValueError(f"invalid EditSchedule: repeats {self.repeats} (>= 1), energy_scale {self.energy_scale} "
+                             f"and kappa {self.kappa} (>= 0), SDE strengths {self.eta_in}, {self.eta_out} (in [0, 1])")
 
 
 PRESETS: dict[str, EditSchedule] = {
-    # DiffEditor (official alg 'D+'): guidance on 0-9 then every 2nd until 30 of 50; SDE 11-19; time travel
-    # at 22, 24, 26, 28 with 3 passes each.
     "DiffEditor": EditSchedule(),
-    # DragonDiffusion (official alg 'D'): guidance on every step below 30 of 50, no SDE, no time travel.
-    "DragonDiffusion": EditSchedule(guidance=(StepWindow(0.0, 0.6),), sde=None, time_travel=None),
+    "DragonDiffusion": EditSchedule(guidance=O.DRAGON_GUIDANCE, sde=None, time_travel=None),
 }
 
-# Per-task official differences from the move defaults (reference doc §1.9-§1.10).
-TASK_SCHEDULES: dict[str, dict] = {
-    "move": dict(kv_mode="replace", kv=StepWindow(0.1, 1.0), energy_scale=500.0, kappa=0.08),
-    "drag": dict(kv_mode="concat", kv=StepWindow(0.1, 1.0), energy_scale=2000.0, kappa=0.04),
-    "appearance": dict(kv_mode="composite", kv=StepWindow(0.0, 0.72), energy_scale=2000.0, kappa=0.04),
-    "paste": dict(kv_mode="composite", kv=StepWindow(0.0, 0.72), energy_scale=1500.0, kappa=0.04),
-}
+# Per-task official differences from the move defaults (one table: guidance/official.py).
+TASK_SCHEDULES: dict[str, dict] = {t: {k: d[k] for k in ("kv_mode", "kv", "energy_scale", "kappa")}
+                                   for t, d in O.TASK_DEFAULTS.items()}
 
 
 def preset_schedule(preset: str = "DiffEditor", task: str = "move", **overrides) -> EditSchedule:
@@ -101,63 +93,207 @@ def preset_schedule(preset: str = "DiffEditor", task: str = "move", **overrides)
     return replace(PRESETS[preset], **{**TASK_SCHEDULES[task], **overrides})
 
 
+# ----------------------------------------------------------------------------------- user-facing knobs
+MECHANISM_MODES = ("preset", "on", "off")
 KV_MODES = ("auto", "replace", "concat", "composite", "off")
 
 
-def build_schedule(preset: str = "DiffEditor", task: str = "move", *, energy_ui: float | None = None,
-                   kappa: float | None = None, regional: bool = True, guidance_end: float | None = None,
-                   sde_strength: float | None = None, sde_window: tuple[float, float] | None = None,
-                   time_travel_repeats: int | None = None, time_travel_window: tuple[float, float] | None = None,
-                   kv_mode: str = "auto", kv_window: tuple[float, float] | None = None) -> EditSchedule:
-    """An :class:`EditSchedule` from user-facing knobs; ``None`` / ``"auto"`` keep the preset's value.
+def _number(v, name: str, lo: float, hi: float, hi_open: bool = False) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {v!r}") from None
+    if isinstance(v, bool) or not math.isfinite(f) or f < lo or (f >= hi if hi_open else f > hi):
+        raise ValueError(f"{name}: expected a finite number in [{lo:g}, {hi:g}{')' if hi_open else ']'}, got {v!r}")
+    return f
 
-    ``energy_ui`` is the official UI energy (the engine scale is x1000); ``guidance_end`` moves the end of
-    the guided steps (DiffEditor keeps its dense first 20%); ``sde_strength`` 0 or ``time_travel_repeats``
-    1 switch those mechanisms off; ``kv_mode="off"`` disables visual cross-attention.
+
+def _choice(v, name: str, options) -> str:
+    if v not in options:
+        raise ValueError(f"{name}: expected one of {list(options)}, got {v!r}")
+    return v
+
+
+def _window(a, b, start_name: str, end_name: str) -> tuple[float, float]:
+    a, b = _number(a, start_name, 0.0, 1.0), _number(b, end_name, 0.0, 1.0)
+    if a >= b:
+        raise ValueError(f"{start_name} ({a:g}) must be smaller than {end_name} ({b:g})")
+    return a, b
+
+
+@dataclass(frozen=True)
+class EditKnobs:
+    """The user-facing knobs of an edit (the DiffEditor Edit nodes and their Options node), validated on
+    construction: every error names the knob. The defaults are the official values (guidance/official.py),
+    so ``EditKnobs()`` gives exactly the preset.
+
+    * ``guidance_strength``: x the task's official energy (1 = official, 0 = no guidance); ``regional``: the
+      regional gradient combination (off = both gradients everywhere, an ablation); the guided steps lie in
+      ``[guidance_start, guidance_end)`` (DiffEditor's dense-then-every-2nd pattern kept inside);
+    * ``regional_sde`` / ``time_travel``: ``preset`` (as the preset: DiffEditor on with the official values,
+      DragonDiffusion off), ``on`` (with the values given here) or ``off``; ``sde_strength_outside`` applies
+      whenever the regional SDE is on;
+    * ``visual_cross_attention``: ``auto`` (the task's mode and window), ``replace``, ``concat``,
+      ``composite`` (on ``[kv_start, kv_end)``) or ``off``.
     """
+
+    guidance_strength: float = 1.0
+    regional: bool = True
+    guidance_start: float = 0.0
+    guidance_end: float = O.GUIDANCE_END
+    regional_sde: str = "preset"
+    sde_strength: float = O.SDE_STRENGTH
+    sde_strength_outside: float = 0.0
+    sde_start: float = O.SDE_WINDOW[0]
+    sde_end: float = O.SDE_WINDOW[1]
+    time_travel: str = "preset"
+    time_travel_repeats: int = O.TIME_TRAVEL_REPEATS
+    time_travel_start: float = O.TIME_TRAVEL_WINDOW[0]
+    time_travel_end: float = O.TIME_TRAVEL_WINDOW[1]
+    visual_cross_attention: str = "auto"
+    kv_start: float = O.TASK_DEFAULTS["move"]["kv"].start
+    kv_end: float = O.TASK_DEFAULTS["move"]["kv"].end
+
+    def __post_init__(self):
+        _number(self.guidance_strength, "guidance_strength", 0.0, 1000.0)
+        if not isinstance(self.regional, bool):
+            raise ValueError(f"regional: expected a boolean, got {self.regional!r}")
+        _number(self.guidance_start, "guidance_start", 0.0, 1.0, hi_open=True)
+        _window(self.guidance_start, self.guidance_end, "guidance_start", "guidance_end")
+        _choice(self.regional_sde, "regional_sde", MECHANISM_MODES)
+        _number(self.sde_strength, "sde_strength", 0.0, 1.0)
+        _number(self.sde_strength_outside, "sde_strength_outside", 0.0, 1.0)
+        _window(self.sde_start, self.sde_end, "sde_start", "sde_end")
+        _choice(self.time_travel, "time_travel", MECHANISM_MODES)
+        r = self.time_travel_repeats
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or r != int(r) or not 1 <= r <= 100:
+            raise ValueError(f"time_travel_repeats: expected a whole number of passes in [1, 100] (1 = no "
+                             f"repeat), got {r!r}")
+        _window(self.time_travel_start, self.time_travel_end, "time_travel_start", "time_travel_end")
+        _choice(self.visual_cross_attention, "visual_cross_attention", KV_MODES)
+        _window(self.kv_start, self.kv_end, "kv_start", "kv_end")
+
+    def changed(self) -> dict:
+        """The knobs that differ from the defaults (the official values)."""
+        d = EditKnobs()
+        return {k: v for k, v in self.__dict__.items() if v != getattr(d, k)}
+
+
+def build_schedule(preset: str = "DiffEditor", task: str = "move", knobs: EditKnobs | None = None,
+                   **kw) -> EditSchedule:
+    """The :class:`EditSchedule` of ``preset`` for ``task`` with the user's :class:`EditKnobs` (or the same
+    knobs as keywords). ``EditKnobs()`` (all defaults) gives exactly ``preset_schedule(preset, task)``."""
+    if knobs is None:
+        knobs = EditKnobs(**kw)
+    elif kw:
+        knobs = replace(knobs, **kw)
+    _choice(preset, "preset", PRESETS)
     base = preset_schedule(preset, task)
-    over: dict = {"regional": bool(regional)}
-    if energy_ui is not None:
-        if energy_ui < 0:
-            raise ValueError(f"energy must be >= 0 (or auto), got {energy_ui}")
-        over["energy_scale"] = float(energy_ui) * 1000.0
-    if kappa is not None:
-        over["kappa"] = float(kappa)
-    if guidance_end is not None:
-        if not 0 <= guidance_end <= 1:
-            raise ValueError(f"guidance_end must be a fraction in [0, 1], got {guidance_end}")
-        dense = min(base.guidance[0].end, guidance_end)
-        every = base.guidance[-1].every
-        over["guidance"] = (StepWindow(0.0, dense),) + ((StepWindow(dense, guidance_end, every),)
-                                                        if guidance_end > dense else ())
-    # an "auto" strength never switches on a mechanism the preset has off (DragonDiffusion: no SDE, no time
-    # travel), whatever window is given
-    if sde_strength is None and base.sde is None:
-        sde_window = None
-    if time_travel_repeats is None and base.time_travel is None:
-        time_travel_window = None
-    if sde_strength is not None or sde_window is not None:
-        strength = base.eta_in if sde_strength is None else float(sde_strength)
-        window = sde_window or ((base.sde.start, base.sde.end) if base.sde else (0.22, 0.4))
-        over["eta_in"] = strength
-        over["sde"] = StepWindow(*window) if strength > 0 else None
-    if time_travel_repeats is not None or time_travel_window is not None:
-        reps = base.repeats if time_travel_repeats is None else int(time_travel_repeats)
-        if reps < 1:
-            raise ValueError(f"time_travel_repeats must be >= 1 (1 = off), got {reps}")
-        tw = base.time_travel or StepWindow(0.44, 0.6, 2)
-        start, end = time_travel_window or (tw.start, tw.end)
-        over["repeats"] = reps
-        over["time_travel"] = StepWindow(start, end, tw.every) if reps > 1 else None
-    if kv_mode not in KV_MODES:
-        raise ValueError(f"visual cross-attention must be one of {KV_MODES}, got {kv_mode!r}")
-    if kv_mode == "off":
+    k = knobs
+    over: dict = {"regional": k.regional, "energy_scale": base.energy_scale * float(k.guidance_strength)}
+    dense = min(base.guidance[0].end, k.guidance_end)
+    every = base.guidance[-1].every
+    guidance = (StepWindow(0.0, dense),) + ((StepWindow(dense, k.guidance_end, every),)
+                                            if k.guidance_end > dense else ())
+    if k.guidance_start > 0:
+        guidance = tuple(StepWindow(max(w.start, k.guidance_start), w.end, w.every) for w in guidance
+                         if w.end > k.guidance_start)
+    over["guidance"] = guidance
+    if k.regional_sde == "off" or (k.regional_sde == "preset" and base.sde is None):
+        over["sde"] = None
+    elif k.regional_sde == "preset":
+        if k.sde_strength_outside > 0:
+            over["eta_out"] = float(k.sde_strength_outside)
+    else:  # on, with the values given
+        on = k.sde_strength > 0 or k.sde_strength_outside > 0
+        over.update(eta_in=float(k.sde_strength), eta_out=float(k.sde_strength_outside),
+                    sde=StepWindow(k.sde_start, k.sde_end) if on else None)
+    if k.time_travel == "off" or (k.time_travel == "preset" and base.time_travel is None):
+        over["time_travel"] = None
+    elif k.time_travel == "on":
+        reps = int(k.time_travel_repeats)
+        over.update(repeats=reps, time_travel=StepWindow(k.time_travel_start, k.time_travel_end,
+                                                         O.TIME_TRAVEL_EVERY) if reps > 1 else None)
+    if k.visual_cross_attention == "off":
         over["kv_mode"] = None
-    elif kv_mode != "auto":
-        over["kv_mode"] = kv_mode
-    if kv_window is not None:
-        over["kv"] = StepWindow(*kv_window)
+    elif k.visual_cross_attention != "auto":
+        over.update(kv_mode=k.visual_cross_attention, kv=StepWindow(k.kv_start, k.kv_end))
     return replace(base, **over)
+
+
+# The first Edit-node interface's knobs and their defaults (-1 = auto), kept to migrate old workflows.
+LEGACY_KNOBS = dict(energy=-1.0, kappa=-1.0, regional=True, guidance_start=0.0, guidance_end=-1.0, sde_strength=-1.0,
+                    sde_strength_outside=0.0, sde_start=O.SDE_WINDOW[0], sde_end=O.SDE_WINDOW[1],
+                    time_travel_repeats=-1, time_travel_start=O.TIME_TRAVEL_WINDOW[0],
+                    time_travel_end=O.TIME_TRAVEL_WINDOW[1], visual_cross_attention="auto", kv_start=-1.0, kv_end=-1.0)
+
+
+def legacy_knobs(preset: str, task: str, **old) -> EditKnobs:
+    """The :class:`EditKnobs` that reproduce the first Edit-node interface's knobs (every knob on the node,
+    ``-1`` = auto; :data:`LEGACY_KNOBS` are its defaults), for migrating old workflows. ``energy`` (official
+    UI units) and ``kappa`` become ``guidance_strength``; an auto strength with a custom window becomes
+    ``on`` with the preset's strength; exactly the schedule the old interface built."""
+    bad = sorted(set(old) - set(LEGACY_KNOBS))
+    if bad:
+        raise ValueError(f"unknown legacy edit knobs {bad}")
+    o = dict(LEGACY_KNOBS, **old)
+    base = preset_schedule(preset, task)
+    energy, kappa = float(o["energy"]), float(o["kappa"])
+    strength = (energy * 1000.0 / base.energy_scale if energy >= 0 else 1.0) * \
+        (kappa / base.kappa if kappa >= 0 else 1.0)
+    k: dict = dict(guidance_strength=strength, regional=bool(o["regional"]),
+                   guidance_start=float(o["guidance_start"]),
+                   guidance_end=O.GUIDANCE_END if o["guidance_end"] < 0 else float(o["guidance_end"]))
+    s, out, win = float(o["sde_strength"]), float(o["sde_strength_outside"]), (o["sde_start"], o["sde_end"])
+    if s < 0 and base.sde is None and out == 0:  # auto, and the preset has no SDE: the window was ignored
+        k["regional_sde"] = "preset"
+    elif s < 0 and base.sde is not None and tuple(win) == O.SDE_WINDOW:
+        k.update(regional_sde="preset", sde_strength_outside=out)
+    else:  # (an outside strength switched the SDE on even where the preset has none, at the preset's eta)
+        k.update(regional_sde="on", sde_strength=base.eta_in if s < 0 else s, sde_strength_outside=out,
+                 sde_start=win[0], sde_end=win[1])
+    r, win = int(o["time_travel_repeats"]), (o["time_travel_start"], o["time_travel_end"])
+    if r < 0 and (base.time_travel is None or tuple(win) == O.TIME_TRAVEL_WINDOW):
+        k["time_travel"] = "preset"
+    elif r == 1:
+        k["time_travel"] = "off"
+    else:
+        k.update(time_travel="on", time_travel_repeats=base.repeats if r < 0 else r, time_travel_start=win[0],
+                 time_travel_end=win[1])
+    mode, ks, ke = o["visual_cross_attention"], float(o["kv_start"]), float(o["kv_end"])
+    if mode == "off" or (mode == "auto" and ks < 0 and ke < 0):
+        k["visual_cross_attention"] = mode
+    else:
+        k.update(visual_cross_attention=base.kv_mode if mode == "auto" else mode,
+                 kv_start=base.kv.start if ks < 0 else ks, kv_end=base.kv.end if ke < 0 else ke)
+        if k["visual_cross_attention"] == base.kv_mode and StepWindow(k["kv_start"], k["kv_end"]) == base.kv:
+            k.update(visual_cross_attention="auto", kv_start=EditKnobs.kv_start, kv_end=EditKnobs.kv_end)
+    knobs = EditKnobs(**k)
+    if knobs.regional_sde == "on" and knobs.sde_strength == base.eta_in and base.sde is not None and \
+            (knobs.sde_start, knobs.sde_end) == O.SDE_WINDOW:
+        knobs = replace(knobs, regional_sde="preset")
+    if knobs.time_travel == "on" and base.time_travel is not None and knobs.time_travel_repeats == base.repeats \
+            and (knobs.time_travel_start, knobs.time_travel_end) == O.TIME_TRAVEL_WINDOW:
+        knobs = replace(knobs, time_travel="preset")
+    return knobs
+
+
+def resolve_cfg(cfg, task: str) -> float:
+    """The edit's classifier-free guidance: ``-1`` = the task's official value (guidance/official.py), else a
+    finite number in [0, 100]."""
+    if task not in O.TASK_DEFAULTS:
+        raise ValueError(f"task must be one of {list(O.TASK_DEFAULTS)}, got {task!r}")
+    try:
+        c = float(cfg)
+    except (TypeError, ValueError):
+        raise ValueError(f"cfg: expected a number, got {cfg!r}") from None
+    if c == -1.0:
+        return O.TASK_DEFAULTS[task]["cfg"]
+    if not math.isfinite(c) or c < 0 or c > 100:
+        official = ", ".join(f"{t} {d['cfg']:g}" for t, d in O.TASK_DEFAULTS.items())
+        raise ValueError(f"cfg: expected -1 (the task's official cfg: {official}) or a number in [0, 100], "
+                         f"got {cfg!r}")
+    return c
 
 
 @dataclass

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from ..guidance.grids import resize_mask
 
 COND, UNCOND = 0, 1
 
@@ -118,7 +119,7 @@ def mask_to_tokens(mask: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
     m = mask.float()
     while m.ndim < 4:
         m = m.unsqueeze(0)
-    m = F.interpolate(m[:1, :1], size=tuple(int(s) for s in hw), mode="nearest")
+    m = resize_mask(m[:1, :1], hw, "nearest")
     return (m[0, 0] > 0.5).flatten()
 
 
@@ -224,7 +225,6 @@ class EditHooks:
         self.stop_after_capture: bool = False
         self.features: dict[int, torch.Tensor] = {}
         self.enabled: bool = True
-        self.calls: dict[str, int] = {}
         self.extra: dict = {}  # host-neutral options for other hooks (e.g. the image-prompt window)
 
     def __deepcopy__(self, memo):
@@ -248,9 +248,6 @@ class EditHooks:
     def wants_stop(self) -> bool:
         return self.stop_after_capture and bool(self.capture_levels) and \
             all(l in self.features for l in self.capture_levels)
-
-    def count(self, what: str) -> None:
-        self.calls[what] = self.calls.get(what, 0) + 1
 
     # -- used by the engine ------------------------------------------------------------------------
     @contextmanager

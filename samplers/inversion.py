@@ -15,15 +15,8 @@ from tqdm.auto import trange
 
 from .ddim import inversion_step
 from .hooks import EditHooks, KVBank
-from .schedule import check_sigmas
+from .schedule import check_latent, check_sigmas
 from .trajectory import EditTrajectory
-
-
-def check_latent(x: torch.Tensor, name: str = "latent") -> None:
-    if x.ndim != 4:
-        raise ValueError(f"{name} must be a [B, C, H, W] latent, got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
 
 
 @torch.no_grad()

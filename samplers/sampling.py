@@ -12,8 +12,7 @@ from tqdm.auto import trange
 from .blend import TrajectoryAnchor
 from .ddim import ddim_step
 from .hooks import EditHooks, KVInjection
-from .inversion import check_latent
-from .schedule import StepWindow, check_sigmas, match_step
+from .schedule import StepWindow, check_latent, check_sigmas, match_step
 from .trajectory import EditTrajectory
 
 

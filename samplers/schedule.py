@@ -5,16 +5,19 @@ Sigma space ("VE" / k-diffusion coordinates) for eps-prediction models: a latent
 ``alpha_bar = 1 / (1 + sigma**2)``.
 
 Every schedule of the editing algorithms is expressed as a fraction of the step count
-(:class:`StepWindow`) so it scales to any number of steps and reproduces the official step indices exactly
-at 50 steps.
+(:class:`StepWindow`, defined in ``guidance/windows.py`` and re-exported here) so it scales to any number of
+steps and reproduces the official step indices exactly at 50 steps.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
+
+from ..guidance.windows import StepWindow, window_steps
+
+__all__ = ["StepWindow", "window_steps", "scaled_linear_alphas_cumprod", "sigma_from_alpha_bar", "ddim_timesteps",
+           "ddim_sigmas", "check_sigmas", "check_latent", "match_step"]
 
 
 def scaled_linear_alphas_cumprod(num_train: int = 1000, beta_start: float = 0.00085,
@@ -26,10 +29,6 @@ def scaled_linear_alphas_cumprod(num_train: int = 1000, beta_start: float = 0.00
 
 def sigma_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
     return ((1.0 - alpha_bar) / alpha_bar) ** 0.5
-
-
-def alpha_bar_from_sigma(sigma: torch.Tensor | float) -> torch.Tensor | float:
-    return 1.0 / (1.0 + sigma ** 2)
 
 
 def ddim_timesteps(steps: int, num_train: int = 1000, offset: int = 1) -> list[int]:
@@ -53,44 +52,6 @@ def ddim_sigmas(steps: int, alphas_cumprod: torch.Tensor | None = None, final: s
     return torch.cat([sig, last]).float()
 
 
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
-
-@dataclass(frozen=True)
-class StepWindow:
-    """Steps ``i`` with ``round(start*n) <= i < round(end*n)`` and ``(i - first) % every == 0``.
-
-    ``start``/``end`` are fractions of the step count ``n`` (0 = noisiest step).
-    """
-
-    start: float = 0.0
-    end: float = 1.0
-    every: int = 1
-
-    def __post_init__(self):
-        if not (0.0 <= self.start <= 1.0 and 0.0 <= self.end <= 1.0):
-            raise ValueError(f"step window fractions must lie in [0, 1], got start={self.start}, end={self.end}")
-        if self.every < 1:
-            raise ValueError(f"step window 'every' must be >= 1, got {self.every}")
-
-    def indices(self, n: int) -> list[int]:
-        a, b = _round_half_up(self.start * n), _round_half_up(self.end * n)
-        return list(range(a, b, self.every))
-
-
-def window_steps(windows: Iterable[StepWindow] | StepWindow | None, n: int) -> frozenset[int]:
-    """Union of the step indices of several windows (``None`` means no step)."""
-    if windows is None:
-        return frozenset()
-    if isinstance(windows, StepWindow):
-        windows = [windows]
-    out: set[int] = set()
-    for w in windows:
-        out.update(w.indices(n))
-    return frozenset(out)
-
-
 def check_sigmas(sigmas: torch.Tensor, name: str = "sigmas", descending: bool = True) -> None:
     if sigmas.ndim != 1 or sigmas.shape[0] < 2:
         raise ValueError(f"{name} must be a 1-D tensor with at least 2 values (steps + 1), got shape {tuple(sigmas.shape)}")
@@ -101,6 +62,14 @@ def check_sigmas(sigmas: torch.Tensor, name: str = "sigmas", descending: bool = 
         raise ValueError(f"{name} must be strictly {order}, got {sigmas.tolist()}")
     if not torch.isfinite(sigmas).all() or bool((sigmas < 0).any()):
         raise ValueError(f"{name} must be finite and non-negative")
+
+
+def check_latent(x: torch.Tensor, name: str = "latent") -> None:
+    """Raise a ``ValueError`` naming ``name`` unless ``x`` is a finite ``[B, C, H, W]`` latent."""
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be a [B, C, H, W] latent, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
 
 
 def match_step(sigma: float, schedule: Sequence[float] | torch.Tensor, rtol: float = 1e-4) -> int | None:

@@ -146,25 +146,67 @@ def test_missing_bank_is_a_clear_error(setup):
         preset_schedule("Nope")
 
 
+def test_default_knobs_are_exactly_the_presets():
+    from diffeditor.samplers.edit import EditKnobs, build_schedule
+
+    for preset in PRESETS:
+        for task in ("move", "drag", "appearance", "paste"):
+            assert build_schedule(preset, task) == preset_schedule(preset, task)
+            assert build_schedule(preset, task, EditKnobs()) == preset_schedule(preset, task)
+    assert EditKnobs().changed() == {}
+
+
 def test_build_schedule_knobs():
     from diffeditor.samplers.edit import build_schedule
 
-    s = build_schedule("DiffEditor", "drag", energy_ui=1.0, sde_strength=0.0, time_travel_repeats=1, kv_mode="off",
-                       guidance_end=0.4)
+    s = build_schedule("DiffEditor", "drag", guidance_strength=0.5, regional_sde="off", time_travel="off",
+                       visual_cross_attention="off", guidance_end=0.4)
     assert s.energy_scale == 1000.0 and s.sde is None and s.time_travel is None and s.kv_mode is None
     assert sorted(window_steps(s.guidance, 50)) == list(range(10)) + list(range(10, 20, 2))
     d = build_schedule("DragonDiffusion", "appearance")
     assert d.kv_mode == "composite" and d.sde is None and d.kappa == 0.04
-    with pytest.raises(ValueError, match="visual cross-attention"):
-        build_schedule(kv_mode="sideways")
-    with pytest.raises(ValueError, match="time_travel_repeats"):
-        build_schedule(time_travel_repeats=0)
+    s = build_schedule("DiffEditor", "move", guidance_start=0.1, guidance_end=0.4, sde_strength_outside=0.1,
+                       visual_cross_attention="concat", kv_start=0.2)
+    assert sorted(window_steps(s.guidance, 50)) == [5, 6, 7, 8, 9, 10, 12, 14, 16, 18]
+    assert s.eta_out == 0.1 and s.sde == PRESETS["DiffEditor"].sde and s.kv_mode == "concat"
+    assert window_steps(s.kv, 50) == frozenset(range(10, 50))
+    s = build_schedule("DiffEditor", "move", regional_sde="on", sde_strength=0.0, sde_strength_outside=0.2)
+    assert s.eta_in == 0.0 and s.eta_out == 0.2 and s.sde is not None  # SDE outside only
 
 
-def test_auto_strength_keeps_preset_off_mechanisms_off():
+def test_knob_errors_name_the_knob():
+    from diffeditor.samplers.edit import EditKnobs, build_schedule
+
+    for bad, name in ((dict(guidance_strength=-1.0), "guidance_strength"), (dict(guidance_end=1.5), "guidance_end"),
+                      (dict(guidance_start=0.7), "guidance_start"), (dict(sde_start=0.5, sde_end=0.3), "sde_start"),
+                      (dict(sde_strength=float("nan")), "sde_strength"), (dict(regional_sde="maybe"), "regional_sde"),
+                      (dict(time_travel_repeats=0), "time_travel_repeats"), (dict(time_travel="yes"), "time_travel"),
+                      (dict(time_travel_start=0.6), "time_travel_start"), (dict(kv_start=0.9, kv_end=0.5), "kv_start"),
+                      (dict(visual_cross_attention="sideways"), "visual_cross_attention"),
+                      (dict(regional="no"), "regional"), (dict(sde_strength_outside=2.0), "sde_strength_outside")):
+        with pytest.raises(ValueError, match=f"^{name}"):
+            EditKnobs(**bad)
+    with pytest.raises(ValueError, match="^preset: "):
+        build_schedule("Dragon", "move")
+
+
+def test_mechanism_modes_preset_on_off():
     from diffeditor.samplers.edit import build_schedule
 
-    d = build_schedule("DragonDiffusion", "move", sde_window=(0.22, 0.4), time_travel_window=(0.44, 0.6))
+    d = build_schedule("DragonDiffusion", "move", sde_start=0.2, time_travel_start=0.4)  # preset: still off
     assert d.sde is None and d.time_travel is None
-    on = build_schedule("DragonDiffusion", "move", sde_strength=0.3, time_travel_repeats=2)
+    on = build_schedule("DragonDiffusion", "move", regional_sde="on", sde_strength=0.3, time_travel="on",
+                        time_travel_repeats=2)
     assert on.sde is not None and on.eta_in == 0.3 and on.repeats == 2 and on.time_travel is not None
+    one = build_schedule("DiffEditor", "move", time_travel="on", time_travel_repeats=1)
+    assert one.time_travel is None  # one pass = no time travel
+
+
+def test_cfg_auto_is_minus_one_only():
+    from diffeditor.samplers.edit import resolve_cfg
+
+    assert resolve_cfg(-1.0, "appearance") == 5.0 and resolve_cfg(-1, "move") == 4.0
+    assert resolve_cfg(0.0, "move") == 0.0 and resolve_cfg(7.5, "drag") == 7.5
+    for bad in (-0.5, -2.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"^cfg: expected -1 \(the task's official cfg"):
+            resolve_cfg(bad, "move")
