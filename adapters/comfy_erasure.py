@@ -53,6 +53,12 @@ def _token_key(tokens: dict) -> str:
     return "l" if "l" in tokens else next(iter(tokens))
 
 
+def _short(text: str, words: int = 8) -> str:
+    """``text`` quoted, cut to its first ``words`` words (a message must not repeat a 120-word prompt)."""
+    parts = text.split()
+    return repr(text) if len(parts) <= words else repr(" ".join(parts[:words]) + " ...") + f" ({len(parts)} words)"
+
+
 def _n_tokens(tokens: dict, end_id, concept: str, name: str) -> int:
     """Real tokens of a tokenized concept (start + content + end), padding excluded.
 
@@ -61,7 +67,7 @@ def _n_tokens(tokens: dict, end_id, concept: str, name: str) -> int:
     """
     chunks = tokens[_token_key(tokens)]
     if len(chunks) > 1:
-        raise ValueError(f"{name}: the concept {concept!r} is longer than the text encoder's 75-token limit "
+        raise ValueError(f"{name}: the concept {_short(concept)} is longer than the text encoder's 75-token limit "
                          f"({len(chunks)} chunks of 75); shorten it or split it into several concepts")
     ids = _ids(chunks[0])
     for i in range(1, len(ids)):

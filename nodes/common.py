@@ -6,8 +6,6 @@ import math
 import torch
 from comfy_api.latest import io
 
-import comfy.utils
-
 from ..samplers.trajectory import EditTrajectory
 
 CATEGORY = "DiffEditor"
@@ -78,22 +76,3 @@ def check_window(start: float, end: float, start_name: str, end_name: str) -> No
     if start >= end:
         raise ValueError(f"{start_name} ({start}) must be smaller than {end_name} ({end})")
 
-
-def plain_conditioning(cond):
-    """A copy of a CONDITIONING with its tensors cloned (call outside inference mode: normal tensors)."""
-    out = []
-    for item in cond:
-        opts = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in item[1].items()}
-        out.append([item[0].clone(), opts])
-    return out
-
-
-def progress_callback(model, steps: int):
-    """The standard ComfyUI sampling callback (progress bar, interruption via the hook, latent preview)."""
-    import latent_preview
-
-    return latent_preview.prepare_callback(model, steps)
-
-
-def disable_pbar() -> bool:
-    return not comfy.utils.PROGRESS_BAR_ENABLED

@@ -1,29 +1,16 @@
 """DiffEditor Drag Optimize: DragDiffusion-style latent optimisation at one step of an inverted trajectory."""
 from __future__ import annotations
 
-import comfy.sample
 import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..adapters.comfy_adapter import check_supported, make_sampler, model_id
-from ..guidance.tasks import parse_points
-from ..samplers.drag import optimize_drag, strength_step
-from .common import (CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_mask, check_trajectory,
-                     disable_pbar, plain_conditioning)
-
-
-def _engine(trajectory, step, handles, targets, mask, options, result, pbar):
-    def engine(model, x, sigmas, extra_args=None, callback=None, disable=None, hooks=None, host=None,
-               model_id=None):
-        x_k = trajectory.at(step, like=x).expand_as(x).clone()
-        x_opt, final, info = optimize_drag(host, x_k, sigmas[0], sigmas[1], handles, targets, mask=mask,
-                                           image_size=(8 * x.shape[-2], 8 * x.shape[-1]),
-                                           progress=lambda i, n: pbar.update_absolute(i, n), **options)
-        result.update(final=final, info=info)
-        return x_opt
-
-    return engine
+from ..adapters import comfy_jobs
+from ..adapters.comfy_adapter import check_supported, model_id
+from ..guidance.grids import check_mask_size
+from ..guidance.specs import parse_points
+from ..samplers.drag import strength_step
+from .common import CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_mask, check_trajectory
 
 
 class DiffEditorDragOptimize(io.ComfyNode):
@@ -42,7 +29,8 @@ class DiffEditorDragOptimize(io.ComfyNode):
                 EditTrajectoryType.Input("trajectory", tooltip="Trajectory of the source image from DiffEditor "
                                                                "Invert."),
                 io.String.Input("points", multiline=True, default="128,256->192,256",
-                                tooltip="Handle -> target pairs in pixels: 'x1,y1->x2,y2; ...'."),
+                                tooltip="Handle -> target pairs in pixels: 'x1,y1->x2,y2; ...' (one pair per line "
+                                        "or separated by ';'; JSON [[[x1,y1],[x2,y2]], ...] also works)."),
                 io.Float.Input("strength", default=0.7, min=0.02, max=1.0, step=0.01,
                                tooltip="How deep in the trajectory to optimise (official 0.7 = step 15 of 50)."),
                 io.Int.Input("steps", default=80, min=1, max=1000, tooltip="Maximum optimisation steps (official 80)."),
@@ -52,8 +40,9 @@ class DiffEditorDragOptimize(io.ComfyNode):
                 io.Int.Input("r_p", default=3, min=1, max=16, tooltip="Point-tracking window radius (official 3)."),
                 io.Float.Input("lam", default=0.1, min=0.0, max=100.0, step=0.01,
                                tooltip="Weight keeping the area outside the mask unchanged (official 0.1)."),
-                io.Mask.Input("mask", optional=True, tooltip="Editable region (1 = may change). Without a mask the "
-                                                             "regulariser is off."),
+                io.Mask.Input("mask", optional=True, tooltip="Editable region (1 = may change), at the image size "
+                                                             "(8x the latent). Without a mask the regulariser is "
+                                                             "off."),
             ],
             outputs=[
                 io.Latent.Output("latent", display_name="latent",
@@ -72,30 +61,24 @@ class DiffEditorDragOptimize(io.ComfyNode):
         traj = check_trajectory(trajectory, "trajectory")
         traj.check_compatible(model_id=model_id(model), name="trajectory")
         H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
-        try:
-            pairs = parse_points(points, W, H)
-        except ValueError as e:
-            raise ValueError(f"points: {e}") from None
-        if not pairs:
-            raise ValueError("points: give at least one 'x1,y1->x2,y2' pair")
+        pairs = parse_points(points, W, H)  # messages start with "points:"
         k = strength_step(traj.steps, check_finite(strength, "strength", 0.02, 1.0))
         k = min(k, traj.steps - 1)
         m = None
         if mask is not None:
+            check_mask(mask, "mask")
+            try:  # the same size rule as the Edit node: the image size (8 pixels per latent cell)
+                m = check_mask_size(mask, "mask", traj.shape, threshold=False)
+            except ValueError as e:
+                raise ValueError(f"{e}; give the editable-region mask at the size of the trajectory's image") from None
             with torch.inference_mode(False):
-                m = check_mask(mask, "mask").detach().clone().float()
+                m = m.detach().clone().float()
         options = dict(steps=int(steps), lr=check_finite(lr, "lr", 1e-6, 10.0), r_m=int(r_m), r_p=int(r_p),
                        lam=check_finite(lam, "lam", 0.0, 1e4))
-        result: dict = {}
         pbar = comfy.utils.ProgressBar(int(steps))
-        engine = _engine(traj, k, [p[0] for p in pairs], [p[1] for p in pairs], m, options, result, pbar)
-        with torch.inference_mode(False):
-            zeros = torch.zeros(traj.shape, dtype=torch.float32)
-            out = comfy.sample.sample_custom(model, zeros, 1.0, make_sampler(engine, with_model_id=True),
-                                             traj.sigmas[k:k + 2].clone(), plain_conditioning(positive),
-                                             plain_conditioning(positive), zeros.clone(), noise_mask=None,
-                                             disable_pbar=disable_pbar(), seed=0)
-        text = "\n".join(f"{x:.1f},{y:.1f}" for x, y in result["final"])
+        out, final = comfy_jobs.drag(model, positive, traj, k, [p[0] for p in pairs], [p[1] for p in pairs], m,
+                                     options, lambda i, n: pbar.update_absolute(i, n))
+        text = "\n".join(f"{x:.1f},{y:.1f}" for x, y in final)
         return io.NodeOutput({"samples": out}, traj.sigmas[k:].clone(), text)
 
 

@@ -1,23 +1,31 @@
-"""DiffEditor editing nodes: task specs, the Edit SAMPLER (for SamplerCustomAdvanced) and the one-node Edit."""
+"""DiffEditor editing nodes: task specs, the optional Edit Options, the Edit SAMPLER (for
+SamplerCustomAdvanced) and the one-node Edit.
+
+The Edit nodes show the preset and the knobs artists touch (cfg, seed, guidance strength, keep background);
+everything else is on DiffEditor Edit Options, whose defaults are the official values (no -1 "auto"
+sentinels there: ``preset`` / ``auto`` are named choices). Old workflows: ``python workflows/build.py
+--migrate old.json`` rewrites them (workflows/migrate.py).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import comfy.sample
 import torch
 from comfy_api.latest import io
 
-from ..adapters.comfy_adapter import check_supported, make_sampler, model_id
-from ..guidance.energies import TASK_DEFAULTS
-from ..guidance.tasks import AppearanceSpec, DragSpec, MoveSpec, PasteSpec, make_task, parse_points
-from ..guidance.specs_io import schedule_from_knobs
+from ..adapters import comfy_jobs
+from ..adapters.comfy_adapter import check_supported, model_id
+from ..guidance import official as O
+from ..guidance.geometry import paste_reference
+from ..guidance.specs import AppearanceSpec, DragSpec, MoveSpec, PasteSpec, parse_points
+from ..guidance.tasks import make_task
 from ..samplers.blend import TrajectoryAnchor
-from ..samplers.edit import KV_MODES, PRESETS, sample_edit
+from ..samplers.edit import KV_MODES, MECHANISM_MODES, PRESETS, EditKnobs, build_schedule, resolve_cfg
 from ..samplers.trajectory import EditTrajectory
-from .common import (CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_mask, check_trajectory,
-                     disable_pbar, plain_conditioning, progress_callback)
+from .common import (CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_mask, check_trajectory)
 
 EditSpecType = io.Custom("DIFFEDITOR_EDIT_SPEC")
+EditOptionsType = io.Custom("DIFFEDITOR_EDIT_OPTIONS")
 
 
 @dataclass
@@ -94,7 +102,8 @@ class DiffEditorDragSpec(io.ComfyNode):
             inputs=[
                 io.String.Input("points", multiline=True, default="128,256->192,256",
                                 tooltip="Handle -> target pairs in pixels: 'x1,y1->x2,y2; x3,y3->x4,y4' (one pair "
-                                        "per line or separated by ';'). Points must lie inside the image."),
+                                        "per line or separated by ';'; JSON [[[x1,y1],[x2,y2]], ...] also works). "
+                                        "Points must lie inside the image."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional editable region (1 = may change); outside it the content is kept. "
                                       "Without a mask the whole image may change."),
@@ -105,14 +114,7 @@ class DiffEditorDragSpec(io.ComfyNode):
     def execute(cls, points="", mask=None) -> io.NodeOutput:
         m = None if mask is None else _mask2d(mask, "mask")
         size = (None, None) if m is None else (m.shape[-1], m.shape[-2])  # the mask fixes the image size
-        try:
-            pairs = parse_points(points, *size)
-        except ValueError as e:
-            msg = str(e)
-            raise ValueError(msg if msg.startswith("points") else f"points: {msg}") from None
-        if not pairs:
-            raise ValueError("points: give at least one 'x1,y1->x2,y2' pair")
-        return _spec_output("drag", DragSpec(pairs, mask=m))
+        return _spec_output("drag", DragSpec(parse_points(points, *size), mask=m))  # errors start "points:"
 
 
 class DiffEditorAppearanceSpec(io.ComfyNode):
@@ -141,8 +143,9 @@ class DiffEditorPasteSpec(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="DiffEditorPasteSpec", display_name="DiffEditor Paste Spec", category=f"{CATEGORY}/edit/specs",
-            description="Paste an object from a reference image into the base image at an offset (scaled about "
-                        "its own centre; invert the reference image at its original scale).",
+            description="Paste an object from a reference image into the base image at an offset. To resize the "
+                        "object, rescale the reference image and its mask with DiffEditor Paste Reference before "
+                        "VAE Encode / Invert, and connect its mask here.",
             inputs=[
                 EditTrajectoryType.Input("reference", tooltip="DiffEditor Invert trajectory of the reference image "
                                                               "(same model, size and steps, K,V bank on)."),
@@ -155,104 +158,169 @@ class DiffEditorPasteSpec(io.ComfyNode):
                              tooltip="Vertical offset in pixels from its place in the reference image "
                                      "(positive = down). Content past the border is cut; entirely off the "
                                      "canvas is an error."),
-                io.Float.Input("scale", default=1.0, min=0.1, max=1.5, step=0.05,
-                               tooltip="Resize factor about the object's centre (official range 0-1.5)."),
             ],
             outputs=[_SPEC_OUT])
 
     @classmethod
-    def execute(cls, reference, mask, dx=0, dy=0, scale=1.0) -> io.NodeOutput:
+    def execute(cls, reference, mask, dx=0, dy=0) -> io.NodeOutput:
         ref = check_trajectory(reference, "reference")
+        return _spec_output("paste", PasteSpec(_mask2d(mask, "mask"), float(dx), float(dy)), ref)
+
+
+class DiffEditorPasteReference(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DiffEditorPasteReference", display_name="DiffEditor Paste Reference (scale)",
+            category=f"{CATEGORY}/edit/specs",
+            description="Resize the object to paste: rescales the reference image and its object mask about the "
+                        "object's centre, as the official paste does before inverting the reference. Encode and "
+                        "invert the returned image, and give the returned mask to DiffEditor Paste Spec.",
+            inputs=[
+                io.Image.Input("image", tooltip="The reference image (before VAE Encode)."),
+                io.Mask.Input("mask", tooltip="The object in the reference image (1 = object), at the image size."),
+                io.Float.Input("scale", default=1.0, min=0.1, max=1.5, step=0.05,
+                               tooltip="Resize factor of the object about its own centre (official range up to "
+                                       "1.5; 1 = keep the size). Areas with no source become black."),
+            ],
+            outputs=[io.Image.Output("scaled_image", display_name="image",
+                                     tooltip="The rescaled reference image: VAE Encode it and invert it with "
+                                             "DiffEditor Invert (K,V bank on) for the Paste Spec's reference."),
+                     io.Mask.Output("scaled_mask", display_name="mask",
+                                    tooltip="The rescaled object mask, for DiffEditor Paste Spec's mask.")])
+
+    @classmethod
+    def execute(cls, image, mask, scale=1.0) -> io.NodeOutput:
+        if not isinstance(image, torch.Tensor) or image.ndim != 4:
+            raise ValueError(f"image: expected an IMAGE [batch, height, width, channels], got "
+                             f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
+        m = _mask2d(mask, "mask")
         scale = check_finite(scale, "scale", 0.1, 1.5)
-        return _spec_output("paste", PasteSpec(_mask2d(mask, "mask"), float(dx), float(dy), scale=scale), ref)
+        try:
+            img, m2 = paste_reference(image, m, scale, "mask", channels_last=True)
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith(("mask", "scale")) else f"image: {msg}") from None
+        return io.NodeOutput(img, m2.float()[None])
 
 
-# ------------------------------------------------------------------------------------------ edit knobs
-def _knob_inputs() -> list:
-    auto = "; -1 = the preset/task default"
+# ----------------------------------------------------------------------------------------- options
+class EditOptionsValue(dict):
+    """What flows through a DIFFEDITOR_EDIT_OPTIONS socket: the options by name (validated)."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+_K = EditKnobs()  # the official values: the defaults of every option
+_KV = "; ".join(f"{t}: {d['kv_mode']} {d['kv'].start:g}-{d['kv'].end:g}" for t, d in O.TASK_DEFAULTS.items())
+
+
+class DiffEditorEditOptions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        frac = dict(min=0.0, max=1.0, step=0.01)
+        return io.Schema(
+            node_id="DiffEditorEditOptions", display_name="DiffEditor Edit Options", category=f"{CATEGORY}/edit",
+            description="Every mechanism of the edit, for DiffEditor Edit / Edit Sampler's optional 'options' "
+                        "input. The defaults are the official values: leave what you do not change. Windows are "
+                        f"fractions of the steps ({_K.sde_start:g} = step {round(50 * _K.sde_start)} of 50).",
+            inputs=[
+                io.Boolean.Input("regional", default=_K.regional,
+                                 tooltip="Regional gradient combination (edit gradient inside the edit region, "
+                                         "content gradient outside). Off = both everywhere (ablation)."),
+                io.Float.Input("guidance_start", default=_K.guidance_start, **frac,
+                               tooltip="No guidance before this fraction of the steps (official 0)."),
+                io.Float.Input("guidance_end", default=_K.guidance_end, **frac,
+                               tooltip=f"Guidance stops at this fraction of the steps (official {_K.guidance_end:g} in "
+                                       f"both presets; DiffEditor guides every step below {O.GUIDANCE_DENSE_END:g}, "
+                                       "then every 2nd)."),
+                io.Combo.Input("regional_sde", options=list(MECHANISM_MODES), default=_K.regional_sde,
+                               tooltip=f"Regional SDE: preset = as the preset (DiffEditor: eta {_K.sde_strength:g} "
+                                       f"inside the edit region on {_K.sde_start:g}-{_K.sde_end:g}; DragonDiffusion: "
+                                       "off); on = with the values below; off."),
+                io.Float.Input("sde_strength", default=_K.sde_strength, **frac,
+                               tooltip=f"SDE eta inside the edit region when regional_sde is on (official "
+                                       f"{_K.sde_strength:g})."),
+                io.Float.Input("sde_strength_outside", default=_K.sde_strength_outside, **frac,
+                               tooltip="SDE eta outside the edit region whenever the regional SDE runs "
+                                       "(official 0 = deterministic there)."),
+                io.Float.Input("sde_start", default=_K.sde_start, **frac,
+                               tooltip=f"Regional SDE window start when regional_sde is on (official "
+                                       f"{_K.sde_start:g})."),
+                io.Float.Input("sde_end", default=_K.sde_end, **frac,
+                               tooltip=f"Regional SDE window end, exclusive, when regional_sde is on (official "
+                                       f"{_K.sde_end:g})."),
+                io.Combo.Input("time_travel", options=list(MECHANISM_MODES), default=_K.time_travel,
+                               tooltip=f"Time travel (repeat a guided step after rolling it back): preset = as the "
+                                       f"preset (DiffEditor: {_K.time_travel_repeats} passes every 2nd step on "
+                                       f"{_K.time_travel_start:g}-{_K.time_travel_end:g}; DragonDiffusion: off); on = "
+                                       "with the values below; off."),
+                io.Int.Input("time_travel_repeats", default=_K.time_travel_repeats, min=1, max=10,
+                             tooltip=f"Passes per time-travel step when time_travel is on (official "
+                                     f"{_K.time_travel_repeats}; 1 = no repeat)."),
+                io.Float.Input("time_travel_start", default=_K.time_travel_start, **frac,
+                               tooltip=f"Time-travel window start when time_travel is on (official "
+                                       f"{_K.time_travel_start:g})."),
+                io.Float.Input("time_travel_end", default=_K.time_travel_end, **frac,
+                               tooltip=f"Time-travel window end, exclusive, when time_travel is on (official "
+                                       f"{_K.time_travel_end:g})."),
+                io.Combo.Input("visual_cross_attention", options=list(KV_MODES), default=_K.visual_cross_attention,
+                               tooltip="Inject the source's self-attention K,V: auto = the task's mode and window "
+                                       f"({_KV}); replace / concat / composite on the window below; off = none "
+                                       "(needs no K,V bank)."),
+                io.Float.Input("kv_start", default=_K.kv_start, **frac,
+                               tooltip="First step of visual cross-attention (fraction) for a mode other than "
+                                       "auto."),
+                io.Float.Input("kv_end", default=_K.kv_end, **frac,
+                               tooltip="End (exclusive) of visual cross-attention for a mode other than auto."),
+            ],
+            outputs=[EditOptionsType.Output("options", display_name="options",
+                                            tooltip="For the 'options' input of DiffEditor Edit / Edit Sampler.")])
+
+    @classmethod
+    def execute(cls, **options) -> io.NodeOutput:
+        EditKnobs(**options)  # every error names the option
+        return io.NodeOutput(EditOptionsValue(options))
+
+
+# ------------------------------------------------------------------------------------------ edit nodes
+def _main_inputs() -> list:
     return [
         io.Combo.Input("preset", options=list(PRESETS), default="DiffEditor",
                        tooltip="DiffEditor: regional SDE + time travel + sparse guidance (paper). DragonDiffusion: "
-                               "guidance on every step below 60%, no SDE, no time travel (unless set below)."),
+                               "guidance on every step below 60%, no SDE, no time travel."),
         io.Int.Input("seed", default=42, min=0, max=0xffffffffffffffff, control_after_generate=True,
                      tooltip="Seed of the regional SDE noise (official: 42)."),
-        io.Float.Input("energy", default=-1.0, min=-1.0, max=10.0, step=0.1,
-                       tooltip="Guidance energy in the official UI units: the engine scale is energy x 1000 "
-                               "(move 0.5, drag 2, appearance 2, paste 1.5); 0 = no guidance" + auto + "."),
-        io.Float.Input("kappa", default=-1.0, min=-1.0, max=1.0, step=0.01,
-                       tooltip="Guidance step size factor kappa (move 0.08, drag/appearance/paste 0.04); the "
-                               "effective strength is energy x 1000 x kappa" + auto + "."),
-        io.Boolean.Input("regional", default=True,
-                         tooltip="Regional gradient combination (edit gradient inside the edit region, content "
-                                 "gradient outside). Off = both everywhere (ablation)."),
-        io.Float.Input("guidance_start", default=0.0, min=0.0, max=1.0, step=0.01,
-                       tooltip="Fraction of the steps before which there is no guidance (official 0)."),
-        io.Float.Input("guidance_end", default=-1.0, min=-1.0, max=1.0, step=0.01,
-                       tooltip="Fraction of the steps after which guidance stops (official 0.6; DiffEditor "
-                               "guides every step below 0.2, then every 2nd)" + auto + "."),
-        io.Float.Input("sde_strength", default=-1.0, min=-1.0, max=1.0, step=0.01,
-                       tooltip="Regional SDE eta inside the edit region (official 0.4; 0 = off; DragonDiffusion "
-                               "preset: off)" + auto + "."),
-        io.Float.Input("sde_strength_outside", default=0.0, min=0.0, max=1.0, step=0.01,
-                       tooltip="Regional SDE eta outside the edit region (official 0 = deterministic there)."),
-        io.Float.Input("sde_start", default=0.22, min=0.0, max=1.0, step=0.01,
-                       tooltip="Regional SDE window start, fraction of the steps (official 0.22 = step 11 of 50)."),
-        io.Float.Input("sde_end", default=0.4, min=0.0, max=1.0, step=0.01,
-                       tooltip="Regional SDE window end, exclusive (official 0.4 = step 20 of 50)."),
-        io.Int.Input("time_travel_repeats", default=-1, min=-1, max=10,
-                     tooltip="Passes per time-travel step (official 3; 1 = off; DragonDiffusion preset: off)"
-                             + auto + "."),
-        io.Float.Input("time_travel_start", default=0.44, min=0.0, max=1.0, step=0.01,
-                       tooltip="Time-travel window start (official 0.44 = step 22 of 50; every 2nd step)."),
-        io.Float.Input("time_travel_end", default=0.6, min=0.0, max=1.0, step=0.01,
-                       tooltip="Time-travel window end, exclusive (official 0.6 = step 30 of 50)."),
-        io.Combo.Input("visual_cross_attention", options=list(KV_MODES), default="auto",
-                       tooltip="Inject the source's self-attention K,V: replace (move), concat (drag), composite "
-                               "(appearance, paste); auto = the task's; off = none (needs no K,V bank)."),
-        io.Float.Input("kv_start", default=-1.0, min=-1.0, max=1.0, step=0.01,
-                       tooltip="First step of visual cross-attention as a fraction (move/drag 0.1, "
-                               "appearance/paste 0)" + auto + "."),
-        io.Float.Input("kv_end", default=-1.0, min=-1.0, max=1.0, step=0.01,
-                       tooltip="End (exclusive) of visual cross-attention (move/drag 1.0, appearance/paste "
-                               "0.72)" + auto + "."),
+        io.Float.Input("guidance_strength", default=1.0, min=0.0, max=20.0, step=0.05,
+                       tooltip="How hard the edit is pushed: x the task's official guidance (1 = official: energy "
+                               + ", ".join(f"{d['energy_scale'] / 1000:g} for {t}" for t, d in O.TASK_DEFAULTS.items())
+                               + " in the official UI's units); 0 = no guidance."),
         io.Boolean.Input("keep_background", default=False,
                          tooltip="Lock the latent outside the edit region to the source's inverted trajectory "
                                  "after every step, so the background is exactly the source's reconstruction "
                                  "(not in the official code; off = official behaviour, where CFG lets the "
                                  "background drift)."),
+        EditOptionsType.Input("options", optional=True,
+                              tooltip="Optional DiffEditor Edit Options (SDE, time travel, visual "
+                                      "cross-attention, windows). Without it: the preset's official values."),
     ]
 
 
-def _auto(v):
-    """-1 (any negative) = auto -> None."""
-    return None if v is None or v < 0 else v
+def _check_spec(spec) -> None:
+    if not isinstance(spec, EditSpecValue):
+        raise ValueError("spec: expected a DIFFEDITOR_EDIT_SPEC from a DiffEditor spec node, got "
+                         f"{type(spec).__name__}")
 
 
-def _schedule(spec, preset, energy=-1.0, kappa=-1.0, regional=True, guidance_start=0.0, guidance_end=-1.0,
-              sde_strength=-1.0, sde_strength_outside=0.0, sde_start=0.22, sde_end=0.4, time_travel_repeats=-1,
-              time_travel_start=0.44, time_travel_end=0.6, visual_cross_attention="auto", kv_start=-1.0,
-              kv_end=-1.0):
+def _schedule(spec, preset, guidance_strength=1.0, options=None):
+    """The schedule of the preset for the spec's task with the user's strength and options."""
     _check_spec(spec)
-    for v, n in ((energy, "energy"), (kappa, "kappa"), (guidance_start, "guidance_start"),
-                 (guidance_end, "guidance_end"), (sde_strength, "sde_strength"),
-                 (sde_strength_outside, "sde_strength_outside"), (sde_start, "sde_start"), (sde_end, "sde_end"),
-                 (time_travel_start, "time_travel_start"), (time_travel_end, "time_travel_end"),
-                 (kv_start, "kv_start"), (kv_end, "kv_end")):
-        check_finite(v, n)
-    if preset not in PRESETS:
-        raise ValueError(f"preset: expected one of {list(PRESETS)}, got {preset!r}")
-    if visual_cross_attention not in KV_MODES:
-        raise ValueError(f"visual_cross_attention: expected one of {list(KV_MODES)}, got {visual_cross_attention!r}")
-    try:
-        return schedule_from_knobs(
-            preset, spec.task, energy_ui=_auto(energy), kappa=_auto(kappa), regional=bool(regional),
-            guidance_start=float(guidance_start), guidance_end=_auto(guidance_end),
-            sde_strength=_auto(sde_strength), sde_strength_outside=float(sde_strength_outside),
-            sde_window=(sde_start, sde_end), time_travel_repeats=_auto(time_travel_repeats),
-            time_travel_window=(time_travel_start, time_travel_end), kv_mode=visual_cross_attention,
-            kv_window=(_auto(kv_start), _auto(kv_end)))
-    except ValueError as e:
-        raise ValueError(f"edit settings: {e}") from None
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"options: expected DIFFEDITOR_EDIT_OPTIONS from DiffEditor Edit Options, got "
+                         f"{type(options).__name__}")
+    knobs = EditKnobs(guidance_strength=guidance_strength, **(options or {}))
+    return build_schedule(preset, spec.task, knobs)
 
 
 def _anchor(trajectory: EditTrajectory, task, keep_background) -> TrajectoryAnchor | None:
@@ -260,12 +328,6 @@ def _anchor(trajectory: EditTrajectory, task, keep_background) -> TrajectoryAnch
     if not isinstance(keep_background, bool):
         raise ValueError(f"keep_background: expected a boolean, got {keep_background!r}")
     return TrajectoryAnchor(trajectory, task.edit_mask) if keep_background else None
-
-
-def _check_spec(spec) -> None:
-    if not isinstance(spec, EditSpecValue):
-        raise ValueError("spec: expected a DIFFEDITOR_EDIT_SPEC from a DiffEditor spec node, got "
-                         f"{type(spec).__name__}")
 
 
 def _task(spec, trajectory: EditTrajectory, mid: str):
@@ -284,24 +346,10 @@ def _task(spec, trajectory: EditTrajectory, mid: str):
             raise ValueError(f"spec: {e}") from None
 
 
-def _sample_edit_checked(model, x, sigmas, extra_args=None, callback=None, disable=None, *, trajectory, **kw):
-    """``sample_edit`` behind input checks that name the SamplerCustomAdvanced sockets (sigmas, latent_image)."""
-    try:
-        trajectory.check_compatible(sigmas=sigmas, name="the trajectory")
-    except ValueError as e:
-        raise ValueError(f"sigmas: {e}. Connect the 'sigmas' output of the DiffEditor Invert node that made the "
-                         "trajectory") from None
-    if tuple(x.shape[-2:]) != tuple(trajectory.shape[-2:]):
-        raise ValueError(f"latent_image: it is {x.shape[-2]}x{x.shape[-1]} latent cells but the trajectory is "
-                         f"{trajectory.shape[-2]}x{trajectory.shape[-1]}; give the source latent (or an empty "
-                         "latent of the same size)")
-    return sample_edit(model, x, sigmas, extra_args, callback, disable, trajectory=trajectory, **kw)
-
-
 def _check_bank(trajectory: EditTrajectory, schedule) -> None:
     if schedule.kv_mode is not None and trajectory.bank is None:
         raise ValueError("trajectory: it has no K,V bank but visual cross-attention is on; enable 'record_kv_bank' "
-                         "in DiffEditor Invert, or set visual_cross_attention to off")
+                         "in DiffEditor Invert, or set visual_cross_attention to off in DiffEditor Edit Options")
 
 
 class DiffEditorEditSampler(io.ComfyNode):
@@ -313,20 +361,18 @@ class DiffEditorEditSampler(io.ComfyNode):
                         "SIGMAS (from DiffEditor Invert), any guider (its cfg applies), and add_noise off.",
             inputs=[EditTrajectoryType.Input("trajectory", tooltip="Trajectory of the source image (DiffEditor "
                                                                    "Invert, K,V bank on for visual cross-attention)."),
-                    EditSpecType.Input("spec", tooltip="What to edit (a DiffEditor spec node).")] + _knob_inputs(),
+                    EditSpecType.Input("spec", tooltip="What to edit (a DiffEditor spec node).")] + _main_inputs(),
             outputs=[io.Sampler.Output("sampler", display_name="sampler",
                                        tooltip="SAMPLER for SamplerCustomAdvanced (with the trajectory's SIGMAS).")])
 
     @classmethod
-    def execute(cls, trajectory, spec, preset="DiffEditor", seed=42, keep_background=False,
-                **knobs) -> io.NodeOutput:
+    def execute(cls, trajectory, spec, preset="DiffEditor", seed=42, guidance_strength=1.0, keep_background=False,
+                options=None) -> io.NodeOutput:
         traj = check_trajectory(trajectory, "trajectory")
-        schedule = _schedule(spec, preset, **knobs)
+        schedule = _schedule(spec, preset, guidance_strength, options)
         _check_bank(traj, schedule)
         task = _task(spec, traj, None)
-        return io.NodeOutput(make_sampler(_sample_edit_checked, trajectory=traj, task=task, schedule=schedule,
-                                          seed=seed, blend=_anchor(traj, task, keep_background),
-                                          with_model_id=True))
+        return io.NodeOutput(comfy_jobs.edit_sampler(traj, task, schedule, seed, _anchor(traj, task, keep_background)))
 
 
 class DiffEditorEdit(io.ComfyNode):
@@ -335,7 +381,8 @@ class DiffEditorEdit(io.ComfyNode):
         return io.Schema(
             node_id="DiffEditorEdit", display_name="DiffEditor Edit", category=f"{CATEGORY}/edit",
             description="One-node DiffEditor edit: guided, regional-SDE, time-travel sampling from the source's "
-                        "inverted trajectory with visual cross-attention; returns the edited latent.",
+                        "inverted trajectory with visual cross-attention; returns the edited latent. Fine-tune "
+                        "the mechanisms with the optional DiffEditor Edit Options.",
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL the trajectory was inverted with (SD1.x/SD2/SDXL)."),
                 io.Conditioning.Input("positive", tooltip="Prompt describing the edited image (usually the "
@@ -345,15 +392,15 @@ class DiffEditorEdit(io.ComfyNode):
                                                                "Invert (K,V bank on for visual cross-attention)."),
                 EditSpecType.Input("spec", tooltip="What to edit (a DiffEditor spec node)."),
                 io.Float.Input("cfg", default=-1.0, min=-1.0, max=30.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale; -1 = the task's official value (move, drag, "
-                                       "paste 4; appearance 5)."),
-            ] + _knob_inputs(),
+                               tooltip="Classifier-free guidance scale; exactly -1 = the task's official value ("
+                                       + ", ".join(f"{t} {d['cfg']:g}" for t, d in O.TASK_DEFAULTS.items()) + ")."),
+            ] + _main_inputs(),
             outputs=[io.Latent.Output("latent", display_name="latent",
                                       tooltip="The edited latent (raw latent space), ready for VAE Decode.")])
 
     @classmethod
     def execute(cls, model, positive, negative, trajectory, spec, cfg=-1.0, preset="DiffEditor", seed=42,
-                keep_background=False, **knobs) -> io.NodeOutput:
+                guidance_strength=1.0, keep_background=False, options=None) -> io.NodeOutput:
         check_supported(model, "model")
         model = model.clone()  # the run installs its hooks on copies of model_options only
         check_conditioning(positive, "positive")
@@ -361,21 +408,14 @@ class DiffEditorEdit(io.ComfyNode):
         traj = check_trajectory(trajectory, "trajectory")
         mid = model_id(model)
         traj.check_compatible(model_id=mid, name="trajectory")
-        schedule = _schedule(spec, preset, **knobs)
+        schedule = _schedule(spec, preset, guidance_strength, options)
+        cfg = resolve_cfg(cfg, spec.task)
         _check_bank(traj, schedule)
         task = _task(spec, traj, mid)
-        blend = _anchor(traj, task, keep_background)
-        cfg = TASK_DEFAULTS[spec.task]["cfg"] if cfg < 0 else check_finite(cfg, "cfg", 0.0, 100.0)
-        with torch.inference_mode(False):
-            zeros = torch.zeros(traj.shape, dtype=torch.float32)
-            out = comfy.sample.sample_custom(
-                model, zeros, cfg, make_sampler(sample_edit, trajectory=traj, task=task, schedule=schedule,
-                                                seed=seed, blend=blend, with_model_id=True),
-                traj.sigmas.clone(), plain_conditioning(positive), plain_conditioning(negative), zeros.clone(),
-                noise_mask=None, callback=progress_callback(model, traj.steps), disable_pbar=disable_pbar(),
-                seed=seed)
+        out = comfy_jobs.edit(model, positive, negative, traj, task, schedule, cfg=cfg, seed=seed,
+                              blend=_anchor(traj, task, keep_background))
         return io.NodeOutput({"samples": out})
 
 
 EDIT_NODES = [DiffEditorMoveSpec, DiffEditorDragSpec, DiffEditorAppearanceSpec, DiffEditorPasteSpec,
-              DiffEditorEditSampler, DiffEditorEdit]
+              DiffEditorPasteReference, DiffEditorEditOptions, DiffEditorEditSampler, DiffEditorEdit]

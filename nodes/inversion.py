@@ -1,20 +1,17 @@
 """DiffEditor Invert and DiffEditor Reconstruct."""
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io
 
 import comfy.model_management
-import comfy.sample
 import comfy.samplers
 
-from ..adapters.comfy_adapter import check_supported, cond_fingerprint, make_sampler, model_id
+from ..adapters import comfy_jobs
+from ..adapters.comfy_adapter import check_supported, model_id
 from ..samplers.hooks import KVBank
-from ..samplers.inversion import invert
-from ..samplers.sampling import sample_diffeditor
 from ..samplers.schedule import StepWindow
 from .common import (CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_trajectory,
-                     check_window, disable_pbar, latent_samples, plain_conditioning, progress_callback)
+                     check_window, latent_samples)
 
 
 class DiffEditorInvert(io.ComfyNode):
@@ -103,26 +100,8 @@ class DiffEditorInvert(io.ComfyNode):
                                  f"{n}; widen it")
             bank = KVBank(steps=bank_steps, device=comfy.model_management.intermediate_device(),
                           byte_budget=int(budget * 2 ** 20))
-        mid = model_id(model)
-        cfp = cond_fingerprint(positive, negative)
-        holder = {}
-
-        def engine(model_k, x, sig, extra_args=None, callback=None, disable=None, hooks=None, host=None):
-            traj = invert(model_k, x, sig, extra_args, model_id=mid, cond_fingerprint=cfp, cfg=cfg,
-                          exact_iters=iters, hooks=hooks, bank=bank, callback=callback, disable=disable,
-                          interrupt=host.check_interrupt)
-            holder["trajectory"] = traj
-            return traj.z_T
-
-        with torch.inference_mode(False):
-            x0 = samples.clone()
-            out = comfy.sample.sample_custom(
-                model, torch.zeros_like(x0), cfg, make_sampler(engine), sigmas, plain_conditioning(positive),
-                plain_conditioning(negative), x0, noise_mask=None, callback=progress_callback(model, n),
-                disable_pbar=disable_pbar(), seed=0)
-        traj = holder["trajectory"]
-        dev = comfy.model_management.intermediate_device()
-        traj.latents = [t.to(dev) for t in traj.latents]
+        traj, out = comfy_jobs.invert_latent(model, positive, negative, samples, sigmas, cfg=cfg, exact_iters=iters,
+                                             bank=bank)
         traj.meta.update({"scheduler": scheduler, "latent_format": type(model.model.latent_format).__name__})
         inverted = {k: v for k, v in latent.items() if k != "noise_mask"}
         inverted["samples"] = out
@@ -161,11 +140,4 @@ class DiffEditorReconstruct(io.ComfyNode):
         traj = check_trajectory(trajectory, "trajectory")
         cfg = check_finite(cfg, "cfg", 0.0, 100.0)
         traj.check_compatible(model_id=model_id(model), name="trajectory")
-        sigmas = traj.sigmas.clone()
-        with torch.inference_mode(False):
-            zeros = torch.zeros(traj.shape, dtype=torch.float32)
-            out = comfy.sample.sample_custom(
-                model, zeros, cfg, make_sampler(sample_diffeditor, trajectory=traj, with_model_id=True), sigmas,
-                plain_conditioning(positive), plain_conditioning(negative), zeros.clone(), noise_mask=None,
-                callback=progress_callback(model, traj.steps), disable_pbar=disable_pbar(), seed=0)
-        return io.NodeOutput({"samples": out})
+        return io.NodeOutput({"samples": comfy_jobs.reconstruct(model, positive, negative, traj, cfg)})

@@ -4,31 +4,12 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..adapters.comfy_adapter import AnchoredSampler, make_sampler
+from ..adapters import comfy_jobs
+from ..adapters.comfy_adapter import AnchoredSampler
+from ..guidance import official as O
 from ..samplers.blend import BLEND_SCHEDULES, TrajectoryAnchor, blend_window, mask_to_latent
-from ..samplers.hooks import KVInjection
-from ..samplers.sampling import sample_diffeditor
 from ..samplers.schedule import StepWindow
 from .common import CATEGORY, EditTrajectoryType, check_finite, check_mask, check_trajectory, check_window
-
-
-def _diffeditor_engine(trajectory, eta, eta_outside, window, eta_mask, kv_trajectory=None, kv_mode="off"):
-    """The engine call of the DiffEditor sampler; the eta MASK is resized once the latent size is known."""
-
-    def engine(model, x, sigmas, extra_args=None, callback=None, disable=None, hooks=None, host=None,
-               model_id=None):
-        m = None
-        if eta_mask is not None:
-            m = mask_to_latent(eta_mask, tuple(x.shape), name="eta_mask")
-        kv = None
-        if kv_trajectory is not None and kv_mode != "off":
-            kv_trajectory.check_compatible(model_id=model_id, shape=tuple(x.shape), name="kv_trajectory")
-            kv = KVInjection(kv_mode, kv_trajectory.bank)
-        return sample_diffeditor(model, x, sigmas, extra_args, callback, disable, trajectory=trajectory, eta=eta,
-                                 eta_outside=eta_outside, eta_mask=m, eta_window=window, hooks=hooks, host=host,
-                                 model_id=model_id, kv=kv, kv_trajectory=kv_trajectory)
-
-    return engine
 
 
 class DiffEditorSampler(io.ComfyNode):
@@ -47,9 +28,11 @@ class DiffEditorSampler(io.ComfyNode):
                 io.Float.Input("eta_outside", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="DDIM eta outside the eta mask (ignored without a mask)."),
                 io.Float.Input("eta_start", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="First step with eta, as a fraction of the steps (DiffEditor: 0.22)."),
+                               tooltip="First step with eta, as a fraction of the steps (DiffEditor: "
+                                       f"{O.SDE_WINDOW[0]:g})."),
                 io.Float.Input("eta_end", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="End (exclusive) of the steps with eta, as a fraction (DiffEditor: 0.4)."),
+                               tooltip="End (exclusive) of the steps with eta, as a fraction (DiffEditor: "
+                                       f"{O.SDE_WINDOW[1]:g})."),
                 EditTrajectoryType.Input("trajectory", optional=True,
                                          tooltip="Optional trajectory from DiffEditor Invert: sampling starts from "
                                                  "its inverted latent z_T. Use the same sigmas and latent size."),
@@ -86,8 +69,8 @@ class DiffEditorSampler(io.ComfyNode):
             if kv_mode != "off" and kv_trajectory.bank is None:
                 raise ValueError("kv_trajectory: it has no K,V bank; enable 'record_kv_bank' in DiffEditor Invert")
         window = StepWindow(float(eta_start), float(eta_end))
-        engine = _diffeditor_engine(trajectory, eta, eta_outside, window, eta_mask, kv_trajectory, kv_mode)
-        return io.NodeOutput(make_sampler(engine, with_model_id=True))
+        return io.NodeOutput(comfy_jobs.diffeditor_sampler(trajectory, eta, eta_outside, window, eta_mask,
+                                                           kv_trajectory, kv_mode))
 
 
 class DiffEditorMaskedBlend(io.ComfyNode):

@@ -20,11 +20,14 @@ DATA = HERE / "data" / "golden_nodes.pt"
 STEPS = 10
 PRESETS = ("DiffEditor", "DragonDiffusion")
 
-# The first Edit-node interface: every knob, -1 = auto (the node defaults of that interface).
-OLD_DEFAULTS = dict(seed=42, energy=-1.0, kappa=-1.0, regional=True, guidance_start=0.0, guidance_end=-1.0,
-                    sde_strength=-1.0, sde_strength_outside=0.0, sde_start=0.22, sde_end=0.4,
-                    time_travel_repeats=-1, time_travel_start=0.44, time_travel_end=0.6,
-                    visual_cross_attention="auto", kv_start=-1.0, kv_end=-1.0, keep_background=False)
+
+
+def old_defaults() -> dict:
+    """The first Edit-node interface's widget defaults: every knob, -1 = auto (samplers.edit.LEGACY_KNOBS)."""
+    from diffeditor.samplers.edit import LEGACY_KNOBS
+
+    return dict(seed=42, keep_background=False, **LEGACY_KNOBS)
+
 
 # Non-default knob sets (old interface) whose results the new interface must reproduce exactly.
 VARIANTS = {
@@ -105,7 +108,7 @@ def record_old_interface(model, conds, latent) -> dict:
             inputs["scale"] = 1.0
         with torch.inference_mode():
             spec = getattr(E, node).execute(**inputs).result[0]
-            k = dict(OLD_DEFAULTS, **knobs)
+            k = dict(old_defaults(), **knobs)
             out[f"edit/{name}"] = E.DiffEditorEdit.execute(model=model, positive=conds[0], negative=conds[1],
                                                            trajectory=traj, spec=spec, cfg=-1.0, preset=preset,
                                                            **k).result[0]["samples"]

@@ -264,6 +264,10 @@ def test_bad_inputs(sd15_model, flow_model, clips):
         erase(sd15_model, clip, concepts=" , \n")
     with pytest.raises(ValueError, match=r"concepts: .*75-token"):
         erase(sd15_model, clip, concepts=" ".join(["word"] * 80))
+    with pytest.raises(ValueError, match=r"^concepts: the concept 'w0 w1 w2 w3 w4 w5 w6 w7 \.\.\.' \(120 words\) "
+                                         r"is longer than .*75-token") as e:
+        erase(sd15_model, clip, concepts=" ".join(f"w{i}" for i in range(120)))
+    assert "w8 " not in str(e.value) and len(str(e.value)) < 250  # the message does not repeat all 120 words
     with pytest.raises(ValueError, match=r"guide: .*75-token"):
         erase(sd15_model, clip, guide=" ".join(["word"] * 80))
     with pytest.raises(ValueError, match="preserve"):

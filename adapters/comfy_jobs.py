@@ -1,0 +1,153 @@
+"""The engine's jobs on a ComfyUI MODEL, for the nodes: invert, reconstruct, edit, drag, and the SAMPLERs.
+
+Every node that samples goes through :func:`sample`: ``comfy.sample.sample_custom`` outside inference mode
+with plain copies of the conditioning, the standard progress callback (progress bar, latent preview,
+interruption) and an engine function wrapped by :func:`~.comfy_adapter.make_sampler`. The engine closures
+(what runs inside the sampler) live here too, so the nodes only check inputs and wire values.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+
+from ..samplers.drag import optimize_drag
+from ..samplers.edit import sample_edit
+from ..samplers.hooks import KVBank, KVInjection
+from ..samplers.inversion import invert
+from ..samplers.sampling import sample_diffeditor
+from ..samplers.schedule import check_latent
+from ..samplers.trajectory import EditTrajectory
+from .comfy_adapter import cond_fingerprint, make_sampler, model_id
+
+
+# ----------------------------------------------------------------------------------------- plumbing
+def plain_conditioning(cond):
+    """A copy of a CONDITIONING with its tensors cloned (call outside inference mode: normal tensors)."""
+    out = []
+    for item in cond:
+        opts = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in item[1].items()}
+        out.append([item[0].clone(), opts])
+    return out
+
+
+def progress_callback(model, steps: int):
+    """The standard ComfyUI sampling callback (progress bar, interruption via the hook, latent preview)."""
+    import latent_preview
+
+    return latent_preview.prepare_callback(model, steps)
+
+
+def sample(model, sampler, sigmas: torch.Tensor, positive, negative, cfg: float, *, latent: torch.Tensor | None = None,
+           shape=None, seed: int = 0, progress_steps: int | None = None) -> torch.Tensor:
+    """The one ``sample_custom`` call of the pack: ``sampler`` (a KSAMPLER) from ``latent`` (or zeros of
+    ``shape``) with no added noise, on plain tensors; ``progress_steps`` shows the standard progress bar."""
+    with torch.inference_mode(False):
+        x0 = latent.clone() if latent is not None else torch.zeros(tuple(shape), dtype=torch.float32)
+        callback = None if progress_steps is None else progress_callback(model, progress_steps)
+        return comfy.sample.sample_custom(model, torch.zeros_like(x0), cfg, sampler, sigmas.clone(),
+                                          plain_conditioning(positive), plain_conditioning(negative), x0,
+                                          noise_mask=None, callback=callback,
+                                          disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+
+
+# -------------------------------------------------------------------------------------------- jobs
+def invert_latent(model, positive, negative, samples: torch.Tensor, sigmas: torch.Tensor, *, cfg: float,
+                  exact_iters: int, bank: KVBank | None) -> tuple[EditTrajectory, torch.Tensor]:
+    """DDIM-invert a LATENT's samples on ``sigmas``: ``(trajectory, inverted z_T in raw latent space)``."""
+    mid, cfp = model_id(model), cond_fingerprint(positive, negative)
+    holder = {}
+
+    def engine(model_k, x, sig, extra_args=None, callback=None, disable=None, hooks=None, host=None):
+        traj = invert(model_k, x, sig, extra_args, model_id=mid, cond_fingerprint=cfp, cfg=cfg,
+                      exact_iters=exact_iters, hooks=hooks, bank=bank, callback=callback, disable=disable,
+                      interrupt=host.check_interrupt)
+        holder["trajectory"] = traj
+        return traj.z_T
+
+    out = sample(model, make_sampler(engine), sigmas, positive, negative, cfg, latent=samples,
+                 progress_steps=sigmas.shape[0] - 1)
+    traj = holder["trajectory"]
+    dev = comfy.model_management.intermediate_device()
+    traj.latents = [t.to(dev) for t in traj.latents]
+    return traj, out
+
+
+def reconstruct(model, positive, negative, trajectory: EditTrajectory, cfg: float) -> torch.Tensor:
+    """Deterministic DDIM from the trajectory's z_T on its own sigmas."""
+    sampler = make_sampler(sample_diffeditor, trajectory=trajectory, with_model_id=True)
+    return sample(model, sampler, trajectory.sigmas, positive, negative, cfg, shape=trajectory.shape,
+                  progress_steps=trajectory.steps)
+
+
+def _edit_checked(model, x, sigmas, extra_args=None, callback=None, disable=None, *, trajectory, **kw):
+    """``sample_edit`` behind input checks that name the SamplerCustomAdvanced sockets (sigmas, latent_image)."""
+    try:
+        trajectory.check_compatible(sigmas=sigmas, name="the trajectory")
+    except ValueError as e:
+        raise ValueError(f"sigmas: {e}. Connect the 'sigmas' output of the DiffEditor Invert node that made the "
+                         "trajectory") from None
+    check_latent(x, "latent_image")
+    if tuple(x.shape[-2:]) != tuple(trajectory.shape[-2:]):
+        raise ValueError(f"latent_image: it is {x.shape[-2]}x{x.shape[-1]} latent cells but the trajectory is "
+                         f"{trajectory.shape[-2]}x{trajectory.shape[-1]}; give the source latent (or an empty "
+                         "latent of the same size)")
+    return sample_edit(model, x, sigmas, extra_args, callback, disable, trajectory=trajectory, **kw)
+
+
+def edit_sampler(trajectory: EditTrajectory, task, schedule, seed: int, blend=None) -> comfy.samplers.KSAMPLER:
+    """DiffEditor's editing loop as a SAMPLER (for SamplerCustomAdvanced with the trajectory's sigmas)."""
+    return make_sampler(_edit_checked, trajectory=trajectory, task=task, schedule=schedule, seed=seed, blend=blend,
+                        with_model_id=True)
+
+
+def edit(model, positive, negative, trajectory: EditTrajectory, task, schedule, *, cfg: float, seed: int,
+         blend=None) -> torch.Tensor:
+    """The edited latent (raw latent space) of one DiffEditor edit."""
+    sampler = make_sampler(sample_edit, trajectory=trajectory, task=task, schedule=schedule, seed=seed, blend=blend,
+                           with_model_id=True)
+    return sample(model, sampler, trajectory.sigmas, positive, negative, cfg, shape=trajectory.shape, seed=seed,
+                  progress_steps=trajectory.steps)
+
+
+def diffeditor_sampler(trajectory, eta, eta_outside, window, eta_mask, kv_trajectory=None,
+                       kv_mode: str = "off") -> comfy.samplers.KSAMPLER:
+    """The DiffEditor Sampler's SAMPLER; the eta MASK is resized once the latent size is known."""
+    from ..samplers.blend import mask_to_latent
+
+    def engine(model, x, sigmas, extra_args=None, callback=None, disable=None, hooks=None, host=None,
+               model_id=None):
+        m = None if eta_mask is None else mask_to_latent(eta_mask, tuple(x.shape), name="eta_mask")
+        kv = None
+        if kv_trajectory is not None and kv_mode != "off":
+            kv_trajectory.check_compatible(model_id=model_id, shape=tuple(x.shape), name="kv_trajectory")
+            kv = KVInjection(kv_mode, kv_trajectory.bank)
+        return sample_diffeditor(model, x, sigmas, extra_args, callback, disable, trajectory=trajectory, eta=eta,
+                                 eta_outside=eta_outside, eta_mask=m, eta_window=window, hooks=hooks, host=host,
+                                 model_id=model_id, kv=kv, kv_trajectory=kv_trajectory)
+
+    return make_sampler(engine, with_model_id=True)
+
+
+def drag(model, positive, trajectory: EditTrajectory, step: int, handles, targets, mask, options: dict,
+         progress: Callable[[int, int], None]):
+    """DragDiffusion's optimisation of the trajectory's latent at ``step``: ``(latent, tracked handles)``."""
+    result: dict = {}
+
+    def engine(model_k, x, sigmas, extra_args=None, callback=None, disable=None, hooks=None, host=None,
+               model_id=None):
+        x_k = trajectory.at(step, like=x).expand_as(x).clone()
+        x_opt, final, info = optimize_drag(host, x_k, sigmas[0], sigmas[1], handles, targets, mask=mask,
+                                           image_size=(8 * x.shape[-2], 8 * x.shape[-1]), progress=progress,
+                                           **options)
+        result.update(final=final, info=info)
+        return x_opt
+
+    out = sample(model, make_sampler(engine, with_model_id=True), trajectory.sigmas[step:step + 2], positive,
+                 positive, 1.0, shape=trajectory.shape)
+    return out, result["final"]
