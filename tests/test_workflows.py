@@ -17,6 +17,7 @@ SCHEMA = json.loads((WF / "schema" / "schema_snapshot.json").read_text())
 UI_FILES = sorted(WF.glob("*.json"))
 EXPECTED = {"inversion_reconstruction", "move", "resize", "drag", "appearance_replace", "paste", "erase_concept",
             "safe_guidance", "drag_loss", "image_prompt_move"}
+LEGACY = pathlib.Path(__file__).resolve().parent / "data" / "legacy_workflows"
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
 # DiffEditor Edit: the task its spec node describes
 SPEC_TASK = {"DiffEditorMoveSpec": "move", "DiffEditorDragSpec": "drag", "DiffEditorAppearanceSpec": "appearance",
@@ -32,6 +33,13 @@ def _build():
 
 def _load(path):
     return json.loads(path.read_text()), json.loads((WF / "api" / path.name).read_text())
+
+
+def _migrate():
+    spec = importlib.util.spec_from_file_location("diffeditor_workflow_migrate", WF / "migrate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def _check_value(where, inp, value):
@@ -83,9 +91,13 @@ def _ui_widgets_by_name(node):
 
 
 def test_every_task_has_a_ui_workflow_and_an_api_twin():
+    build = _build()
+    assert set(build.NAMES) == EXPECTED == set(build.graphs())
     names = {p.stem for p in UI_FILES}
-    assert EXPECTED <= names, f"missing: {EXPECTED - names}"
+    assert names == set(build.NAMES.values()), f"missing or stale: {names ^ set(build.NAMES.values())}"
     assert names == {p.stem for p in (WF / "api").glob("*.json")}
+    for title in names:  # the template browser shows the file name: a human title
+        assert title.startswith("DiffEditor - ") and "_" not in title, title
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
@@ -95,9 +107,8 @@ def test_top_level_json_is_a_ui_workflow(path):
     assert {"nodes", "links", "last_node_id", "last_link_id", "version"} <= set(ui), path.name
 
 
-@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
-def test_api_workflow_is_valid(path):
-    _, api = _load(path)
+def check_api(api: dict) -> None:
+    """An API-format prompt is valid against the schema snapshot (types, links, widget values, required)."""
     for nid, node in api.items():
         t = node["class_type"]
         assert t in SCHEMA, f"node {nid}: unknown type {t}"
@@ -119,9 +130,14 @@ def test_api_workflow_is_valid(path):
     assert any(n["class_type"] == "SaveImage" for n in api.values()), "no SaveImage"
 
 
+
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
-def test_ui_workflow_is_valid(path):
-    ui, _ = _load(path)
+def test_api_workflow_is_valid(path):
+    check_api(_load(path)[1])
+
+
+def check_ui(ui: dict) -> None:
+    """A UI-format workflow is valid against the schema snapshot (links wired on both ends, sockets, widgets)."""
     nodes = {n["id"]: n for n in ui["nodes"]}
     assert len(nodes) == len(ui["nodes"]) and ui["last_node_id"] == max(nodes)
     links = {l[0]: l for l in ui["links"]}
@@ -150,6 +166,12 @@ def test_ui_workflow_is_valid(path):
             assert all(links[l][1:3] == [n["id"], o["slot_index"]] for l in o["links"] or [])
         for name, value in _ui_widgets_by_name(n).items():
             _check_value(f"{where}.{name}", {i["name"]: i for i in schema["inputs"]}[name], value)
+
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_workflow_is_valid(path):
+    check_ui(_load(path)[0])
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
@@ -185,7 +207,7 @@ def test_committed_files_are_the_builder_output():
     """No hand edits, no stale files: ``python workflows/build.py`` reproduces every committed workflow."""
     build = _build()
     for name, g in build.graphs().items():
-        ui, api = _load(WF / f"{name}.json")
+        ui, api = _load(WF / f"{build.NAMES[name]}.json")
         assert build.to_ui(g, SCHEMA, name) == ui, f"{name}.json differs from build.py's output"
         assert build.to_api(g, SCHEMA, name) == api, f"api/{name}.json differs from build.py's output"
     assert build.used_types() == set(SCHEMA), "the snapshot covers exactly the node types the builder knows"
@@ -198,7 +220,7 @@ def test_snapshot_covers_every_node_type_used():
 
 def test_official_presets():
     """50 DDIM steps on ddim_uniform for every inversion; each edit's cfg is the task's official value."""
-    from diffeditor.guidance.energies import TASK_DEFAULTS
+    from diffeditor.guidance.official import TASK_DEFAULTS
 
     for path in UI_FILES:
         _, api = _load(path)
@@ -234,3 +256,86 @@ def test_assets_are_shipped_small_and_all_used():
                 assert hist[0] and hist[255], f"{name}: empty or full mask"
             else:
                 assert im.mode == "RGB", name
+
+
+def test_thumbnail_per_workflow_is_a_real_picture():
+    """ComfyUI's template browser shows ``<name>.jpg``: one per workflow, rendered (not a grey placeholder)."""
+    import numpy as np
+    from PIL import Image
+
+    jpgs = {p.stem for p in WF.glob("*.jpg")}
+    assert jpgs == {p.stem for p in UI_FILES}, f"missing or stale thumbnails: {jpgs ^ {p.stem for p in UI_FILES}}"
+    for path in WF.glob("*.jpg"):
+        assert path.stat().st_size < 120_000, f"{path.name}: keep thumbnails small"
+        with Image.open(path) as im:
+            assert im.format == "JPEG" and im.mode == "RGB" and im.width >= 256 and im.height >= 192, path.name
+            a = np.asarray(im, dtype=np.float32)
+        assert a.std() > 25, f"{path.name}: looks like a placeholder (std {a.std():.1f})"
+        assert (a.max(-1) - a.min(-1)).mean() > 12, f"{path.name}: no colour: not a rendered result"
+
+
+def test_every_workflow_says_where_to_get_its_models():
+    build = _build()
+    for name, g in build.graphs().items():
+        note = build.NOTES[name]
+        for t, vals in g.values():
+            for key in ("ckpt_name", "clip_name", "weights"):
+                if key in vals:
+                    assert vals[key] in note and "https://huggingface.co/" in note, f"{name}: {key} {vals[key]}"
+        assert ("ckpt_name" not in str(g)) or "stable-diffusion-v1-5/stable-diffusion-v1-5" in note, name
+
+
+# ------------------------------------------------------------------------------------------ migration
+def test_migrate_ui_workflows_of_the_first_interface():
+    migrate = _migrate()
+    drag = migrate.migrate_ui(json.loads((LEGACY / "drag_ui.json").read_text()))
+    check_ui(drag)
+    edit = next(n for n in drag["nodes"] if n["type"] == "DiffEditorEdit")
+    assert _ui_widgets_by_name(edit) == {"cfg": 4.0, "preset": "DiffEditor", "seed": 42, "guidance_strength": 1.0,
+                                         "keep_background": False}
+    assert not any(n["type"] == "DiffEditorEditOptions" for n in drag["nodes"])  # all knobs were official
+    # non-default knobs get an Options node; a paste scale gets a Paste Reference before VAE Encode
+    old = json.loads((LEGACY / "paste_ui.json").read_text())
+    spec = next(n for n in old["nodes"] if n["type"] == "DiffEditorPasteSpec")
+    spec["widgets_values"][2] = 0.8
+    edit = next(n for n in old["nodes"] if n["type"] == "DiffEditorEdit")
+    order = ["cfg", "preset", "seed", "seed_mode"] + migrate.OLD_KNOBS + ["keep_background"]
+    assert len(order) == len(edit["widgets_values"])
+    edit["widgets_values"][order.index("energy")] = 3.0
+    edit["widgets_values"][order.index("time_travel_repeats")] = 2
+    paste = migrate.migrate_ui(old)
+    check_ui(paste)
+    types = [n["type"] for n in paste["nodes"]]
+    assert types.count("DiffEditorEditOptions") == 1 and types.count("DiffEditorPasteReference") == 1
+    opts = _ui_widgets_by_name(next(n for n in paste["nodes"] if n["type"] == "DiffEditorEditOptions"))
+    assert opts["time_travel"] == "on" and opts["time_travel_repeats"] == 2
+    edit = _ui_widgets_by_name(next(n for n in paste["nodes"] if n["type"] == "DiffEditorEdit"))
+    assert edit["guidance_strength"] == 2.0  # energy 3 for paste (official 1.5)
+    ref = next(n for n in paste["nodes"] if n["type"] == "DiffEditorPasteReference")
+    assert ref["widgets_values"] == [0.8]
+    links = {l[0]: l for l in paste["links"]}
+    nodes = {n["id"]: n for n in paste["nodes"]}
+    assert {nodes[links[i["link"]][3]]["type"] for o in ref["outputs"] for i in
+            [{"link": lid} for lid in o["links"]]} == {"VAEEncode", "DiffEditorPasteSpec"}
+
+
+def test_migrate_api_prompts_of_the_first_interface():
+    migrate = _migrate()
+    move = migrate.migrate_api(json.loads((LEGACY / "move_api.json").read_text()))
+    check_api(move)
+    old = json.loads((LEGACY / "paste_api.json").read_text())
+    spec_id = next(k for k, n in old.items() if n["class_type"] == "DiffEditorPasteSpec")
+    edit_id = next(k for k, n in old.items() if n["class_type"] == "DiffEditorEdit")
+    old[spec_id]["inputs"]["scale"] = 1.3
+    old[edit_id]["inputs"].update(visual_cross_attention="concat", kv_start=0.3, sde_strength=0.0)
+    new = migrate.migrate_api(old)
+    check_api(new)
+    opts = next(n for n in new.values() if n["class_type"] == "DiffEditorEditOptions")["inputs"]
+    assert (opts["visual_cross_attention"], opts["kv_start"], opts["kv_end"]) == ("concat", 0.3, 0.72)
+    assert opts["regional_sde"] == "on" and opts["sde_strength"] == 0.0
+    rid = next(k for k, n in new.items() if n["class_type"] == "DiffEditorPasteReference")
+    assert new[rid]["inputs"]["scale"] == 1.3 and new[spec_id]["inputs"]["mask"] == [rid, 1]
+    assert migrate.migrate_api(new) == new  # idempotent
+    for path in UI_FILES:  # today's workflows need no migration
+        api = _load(path)[1]
+        assert migrate.migrate_api(api) == api

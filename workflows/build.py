@@ -2,11 +2,14 @@
 
     COMFYUI_ROOT=/path/to/ComfyUI python workflows/build.py     # refresh schema/schema_snapshot.json from live nodes
     python workflows/build.py                                   # rebuild the JSON from the committed snapshot
+    python workflows/build.py --thumbnails                      # re-render <name>.jpg on the demo model
+    python workflows/build.py --migrate old.json [new.json]     # update a workflow of the first Edit interface
 
 Each workflow is described once (nodes, widget values by input name, links) and written as
 
 * the UI format the ComfyUI front end loads: ``workflows/<name>.json`` (drag it onto the canvas; ComfyUI also
-  lists this folder in its template browser, see the README), and
+  lists this folder in its template browser, where the file name is the title and ``<name>.jpg`` the
+  thumbnail, rendered by ``workflows/thumbnails.py`` on the demo model), and
 * the API format ``/prompt`` accepts: ``workflows/api/<name>.json``.
 
 Widget order, socket types and links come from ``schema/schema_snapshot.json`` (node inputs/outputs as ComfyUI's
@@ -47,14 +50,23 @@ PROMPT = "a red circle, a blue square and a green triangle on a sand background"
 # Official DiffEditor presets: 50 DDIM steps on the ddim_uniform schedule, inversion without CFG.
 INVERT = dict(steps=50, scheduler="ddim_uniform", cfg=1.0, exact=False, exact_iters=10, record_kv_bank=True,
               bank_start=0.0, bank_end=1.0, kv_budget_mb=4096.0)
-KNOBS = dict(preset="DiffEditor", seed=42, energy=-1.0, kappa=-1.0, regional=True, guidance_start=0.0,
-             guidance_end=-1.0, sde_strength=-1.0, sde_strength_outside=0.0, sde_start=0.22, sde_end=0.4, time_travel_repeats=-1, time_travel_start=0.44, time_travel_end=0.6,
-             visual_cross_attention="auto", kv_start=-1.0, kv_end=-1.0, keep_background=False)
+KNOBS = dict(preset="DiffEditor", seed=42, guidance_strength=1.0, keep_background=False)
+# Node types whose required widgets may be left to their schema defaults: DiffEditor Edit Options' defaults
+# are the official values (guidance/official.py), so a graph shows them without restating a number.
+DEFAULTS_ARE_OFFICIAL = ("DiffEditorEditOptions",)
 # The edit's classifier-free guidance, written out (not -1 = auto) so artists see it: the official value per
-# task (guidance.energies.TASK_DEFAULTS; tests/test_workflows.py keeps the two in sync).
+# task (guidance.official.TASK_DEFAULTS; tests/test_workflows.py keeps the two in sync).
 EDIT_TASK = {"move": "move", "resize": "move", "drag": "drag", "appearance_replace": "appearance",
              "paste": "paste", "image_prompt_move": "move"}
 TASK_CFG = {"move": 4.0, "drag": 4.0, "appearance": 5.0, "paste": 4.0}
+
+# The file name is the title ComfyUI's template browser shows: one human title per workflow.
+NAMES = {"inversion_reconstruction": "DiffEditor - Invert and reconstruct", "move": "DiffEditor - Move an object",
+         "resize": "DiffEditor - Resize an object", "drag": "DiffEditor - Drag points",
+         "appearance_replace": "DiffEditor - Replace an appearance", "paste": "DiffEditor - Paste an object",
+         "drag_loss": "DiffEditor - Drag with the drag loss",
+         "image_prompt_move": "DiffEditor - Move with an image prompt",
+         "erase_concept": "DiffEditor - Erase a concept (UCE)", "safe_guidance": "DiffEditor - Safe guidance (SLD)"}
 
 TITLES = {
     "ckpt": "Load Checkpoint (SD1.5)", "pos": "Prompt (describe the image)", "neg": "Negative prompt",
@@ -68,15 +80,21 @@ TITLES = {
     "clip_vision": "CLIP Vision (ViT-H/14)", "ip_weights": "DiffEditor Load Image Prompt",
     "image_prompt": "DiffEditor Image Prompt", "erase": "DiffEditor Erase Concept (UCE)",
     "safety": "Unsafe concept (prompt)", "safe": "DiffEditor Safe Guidance (SLD)", "empty": "Empty Latent 512x512",
+    "options": "DiffEditor Edit Options (optional; defaults = official)",
+    "paste_ref": "DiffEditor Paste Reference (scale the object)",
 }
 SPEC_TITLES = {"move": "Move spec (dx, dy in pixels)", "resize": "Resize spec (scale about the centre)",
                "drag": "Drag spec (x1,y1->x2,y2 in pixels)", "appearance_replace": "Appearance spec",
                "paste": "Paste spec (dx, dy from the reference)", "image_prompt_move": "Move spec (dx, dy in pixels)"}
 
+_SD15 = ("Checkpoint: any SD1.5 checkpoint in `ComfyUI/models/checkpoints/`; this workflow names "
+         "`v1-5-pruned-emaonly.safetensors` from https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5 "
+         "(pick yours in Load Checkpoint).")
 _IMAGES = ("Images: copy `workflows/assets/*.png` of ComfyUI-DiffEditor into `ComfyUI/input/` "
-           "(masks: white = 1).\n\nCheckpoint: any SD1.5 checkpoint (`v1-5-pruned-emaonly.safetensors` here).")
+           "(masks: white = 1).\n\n" + _SD15)
 _EDIT = ("Invert the source once (DDIM, 50 steps, K,V bank on), describe the edit with a spec node, and "
-         "DiffEditor Edit samples it. Leave -1 knobs on auto (the official preset for the task).")
+         "DiffEditor Edit samples it with the official preset. `guidance_strength` pushes harder or softer; "
+         "connect a DiffEditor Edit Options node to change anything else.")
 NOTES = {
     "inversion_reconstruction": "## Inversion / reconstruction\n\nDDIM-invert the source (50 steps, "
                                 "ddim_uniform) and sample it back: the output should match the input.\n\n" + _IMAGES,
@@ -84,22 +102,26 @@ NOTES = {
     "resize": "## Resize an object\n\n" + _EDIT + " The spec scales the masked object about its centre.\n\n"
               + _IMAGES,
     "drag": "## Drag points\n\n" + _EDIT + " Drag points are `x1,y1->x2,y2` pairs in pixels (one per line); the "
-            "mask limits what may change.\n\n" + _IMAGES,
+            "mask limits what may change. The Edit Options node shows every mechanism at its official value.\n\n"
+            + _IMAGES,
     "appearance_replace": "## Replace appearance\n\n" + _EDIT + " The reference image is inverted the same way; "
                           "the masked object takes the appearance of the reference object.\n\n" + _IMAGES,
     "paste": "## Paste an object\n\n" + _EDIT + " The masked object of the reference image is pasted into the "
-             "source, shifted by dx, dy pixels.\n\n" + _IMAGES,
+             "source, shifted by dx, dy pixels; DiffEditor Paste Reference resizes it (scale) before the "
+             "reference is encoded and inverted.\n\n" + _IMAGES,
     "drag_loss": "## Drag with the drag loss\n\nOptimise the latent at the strength step (DragDiffusion-style "
                  "motion supervision), then sample the rest with any sampler (here deterministic DDIM).\n\n"
                  + _IMAGES,
-    "image_prompt_move": "## Move with DiffEditor's image prompt\n\nNeeds the CLIP ViT-H/14 image encoder in "
-                         "`models/clip_vision/` and DiffEditor's `ip_sd15_64` weights in `models/diffeditor/`.\n\n"
-                         + _EDIT + "\n\n" + _IMAGES,
+    "image_prompt_move": "## Move with DiffEditor's image prompt\n\nNeeds the CLIP ViT-H/14 image encoder: "
+                         "`models/image_encoder/model.safetensors` of https://huggingface.co/h94/IP-Adapter, saved as "
+                         "`ComfyUI/models/clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors`; and DiffEditor's "
+                         "image-prompt weights `ip_sd15_64.bin` from https://huggingface.co/Adapter/DragonDiffusion, "
+                         "converted once with `guidance.ip_weights.convert_to_safetensors` to "
+                         "`ComfyUI/models/diffeditor/ip_sd15_64.safetensors`.\n\n" + _EDIT + "\n\n" + _IMAGES,
     "erase_concept": "## Erase a concept (UCE)\n\nEdits the cross-attention projections so the concepts are no "
-                     "longer drawn (one per line); `preserve` lists concepts to keep.\n\nCheckpoint: any SD1.5 "
-                     "checkpoint.",
+                     "longer drawn (one per line); `preserve` lists concepts to keep.\n\n" + _SD15,
     "safe_guidance": "## Safe latent diffusion (SLD)\n\nSteers sampling away from the concept in the "
-                     "`Unsafe concept` prompt.\n\nCheckpoint: any SD1.5 checkpoint.",
+                     "`Unsafe concept` prompt.\n\n" + _SD15,
 }
 
 
@@ -132,9 +154,16 @@ def _mask(name, file):
     return {name: ("LoadImageMask", {"image": file, "channel": "red"})}
 
 
-def _reference(g, image="diffeditor_reference.png"):
+def _reference(g, image="diffeditor_reference.png", scale=None):
+    """The reference image, encoded and inverted; with ``scale``, first rescaled by DiffEditor Paste Reference
+    about the object of ``g["ref_object"]``."""
     g["ref_image"] = ("LoadImage", {"image": image})
-    g["ref_encode"] = ("VAEEncode", {"pixels": ("ref_image", 0), "vae": ("ckpt", 2)})
+    pixels = ("ref_image", 0)
+    if scale is not None:
+        g["paste_ref"] = ("DiffEditorPasteReference", {"image": ("ref_image", 0), "mask": ("ref_object", 0),
+                                                       "scale": scale})
+        pixels = ("paste_ref", 0)
+    g["ref_encode"] = ("VAEEncode", {"pixels": pixels, "vae": ("ckpt", 2)})
     g["ref_invert"] = ("DiffEditorInvert", dict(INVERT, model=("ckpt", 0), positive=("pos", 0),
                                                 negative=("neg", 0), latent=("ref_encode", 0)))
     return g
@@ -158,7 +187,8 @@ def graphs() -> dict[str, dict]:
 
     g = {**_base(), **_mask("region", "diffeditor_drag_region.png")}
     g["spec"] = ("DiffEditorDragSpec", {"points": "152,176->216,176", "mask": ("region", 0)})
-    out["drag"] = _finish(_edit(g, "drag"), "edit", "drag")
+    g["options"] = ("DiffEditorEditOptions", {})  # every option at its official default
+    out["drag"] = _finish(_edit(g, "drag", options=("options", 0)), "edit", "drag")
 
     g = _reference({**_base(), **_mask("object", "diffeditor_object_mask.png"),
                     **_mask("ref_object", "diffeditor_reference_mask.png")})
@@ -166,9 +196,9 @@ def graphs() -> dict[str, dict]:
                                               "ref_mask": ("ref_object", 0)})
     out["appearance_replace"] = _finish(_edit(g, "appearance_replace"), "edit", "appearance")
 
-    g = _reference({**_base(), **_mask("ref_object", "diffeditor_reference_mask.png")})
-    g["spec"] = ("DiffEditorPasteSpec", {"reference": ("ref_invert", 0), "mask": ("ref_object", 0), "dx": 0,
-                                         "dy": 160, "scale": 1.0})
+    g = _reference({**_base(), **_mask("ref_object", "diffeditor_reference_mask.png")}, scale=1.0)
+    g["spec"] = ("DiffEditorPasteSpec", {"reference": ("ref_invert", 0), "mask": ("paste_ref", 1), "dx": 0,
+                                         "dy": 160})
     out["paste"] = _finish(_edit(g, "paste"), "edit", "paste")
 
     g = {**_base(), **_mask("region", "diffeditor_drag_region.png")}
@@ -300,7 +330,7 @@ def complete(graph: dict, schema: dict) -> dict:
         vals = dict(vals)
         for i in schema[t]["inputs"]:
             if i["widget"] and i["name"] not in vals:
-                if i["required"] or "default" not in i:
+                if (i["required"] and t not in DEFAULTS_ARE_OFFICIAL) or "default" not in i:
                     raise KeyError(f"{k} ({t}): give a value for the widget {i['name']!r}")
                 vals[i["name"]] = i["default"]
         out[k] = (t, vals)
@@ -425,14 +455,30 @@ def write_assets(size: int = 512) -> None:
 def write_all(schema: dict) -> None:
     (HERE / "api").mkdir(exist_ok=True)
     for name, g in graphs().items():
-        (HERE / f"{name}.json").write_text(json.dumps(to_ui(g, schema, name), indent=1) + "\n")
-        (HERE / "api" / f"{name}.json").write_text(json.dumps(to_api(g, schema, name), indent=1) + "\n")
-        print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
+        f = NAMES[name]
+        (HERE / f"{f}.json").write_text(json.dumps(to_ui(g, schema, name), indent=1) + "\n")
+        (HERE / "api" / f"{f}.json").write_text(json.dumps(to_api(g, schema, name), indent=1) + "\n")
+        print(f"wrote workflows/{f}.json and workflows/api/{f}.json")
 
 
 def main():
     import os
 
+    if "--migrate" in sys.argv:
+        sys.path.insert(0, str(HERE))
+        import migrate
+
+        args = sys.argv[sys.argv.index("--migrate") + 1:]
+        if not args:
+            raise SystemExit("usage: python workflows/build.py --migrate old.json [new.json]")
+        print(f"wrote {migrate.migrate_file(args[0], args[1] if len(args) > 1 else None)}")
+        return
+    if "--thumbnails" in sys.argv:
+        sys.path.insert(0, str(HERE))
+        import thumbnails
+
+        thumbnails.main(missing_only="--missing" in sys.argv)
+        return
     if os.environ.get("COMFYUI_ROOT"):
         sys.path.insert(0, str(ROOT / "tests" / "host"))
         import comfy_bootstrap
