@@ -31,6 +31,9 @@ from ..guidance.drag_loss import all_reached, mask_regulariser, motion_supervisi
 from .hooks import EditHost, default_feature_levels
 
 DEFAULTS = dict(steps=80, lr=0.01, r_m=1, r_p=3, lam=0.1, strength=0.7)
+#: the drag loss is multiplied by this power of two before backward and its gradient divided back (exact),
+#: so a half-precision UNet's small gradients do not flush to zero; fp32 results are unchanged bit for bit
+_LOSS_SCALE = 1024.0
 
 
 def strength_step(steps: int, strength: float = 0.7) -> int:
@@ -160,8 +163,9 @@ def optimize_drag(host: EditHost, x: torch.Tensor, sigma, sigma_next, handles_px
             lm = motion_supervision_loss(f, handles, tg, r_m)
             loss = lm + mask_regulariser(phi(xs), phi0, m, lam) if use_reg else lm
             opt.zero_grad(set_to_none=True)
-            if loss.requires_grad:
-                loss.backward()
+            if loss.requires_grad:  # loss-scaled backward (exact power of two): no fp16/bf16 gradient underflow
+                (loss * _LOSS_SCALE).backward()
+                z.grad.div_(_LOSS_SCALE)
             opt.step()
             it = i + 1
             losses.append(float(loss.detach()))
