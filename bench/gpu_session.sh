@@ -46,6 +46,6 @@ echo "quality exit $?" >> "$OUT/quality.log"
 (cd "$WORK" && tar cf - demo quality) | split -b 15m - "$OUT/demo.tar.part-"
 
 # 3. real architectures: timings and the guidance gradient in fp16/bf16 against fp32
-timeout 240 python3 bench/perf.py --device "$DEV" $PERF_ARGS --out "$OUT/perf_gpu.json" > "$OUT/perf.log" 2>&1
+timeout 200 python3 bench/perf.py --device "$DEV" $PERF_ARGS --out "$OUT/perf_gpu.json" > "$OUT/perf.log" 2>&1
 echo "perf exit $?" >> "$OUT/perf.log"
 tail -5 "$OUT/train.log"; grep -E '"(found|color|count)_rate"' "$OUT/quality.log" | head -3; tail -25 "$OUT/perf.log"
