@@ -314,6 +314,16 @@ def train_unet(vae, unet, text_encoder, tokenizer, alphas_cumprod, steps: int, r
     return summary, ema_u, ema_t
 
 
+def _stage_record(summary: dict, args: dict | None) -> dict:
+    """One UNet stage for the card: steps, batch, learning rate, wall time and device (no loss curve)."""
+    args = args or {}
+    keep = ("steps", "s_per_step", "wall_s", "unique_scenes", "reinit")
+    rec = {k: summary[k] for k in keep if k in summary}
+    rec["batch"] = summary.get("batch", args.get("batch"))
+    rec.update({k: args.get(k) for k in ("unet_lr", "unet_warmup", "ema", "amp", "device", "init", "seed")})
+    return rec
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0)
@@ -383,6 +393,9 @@ def main(argv=None) -> dict:
         for stage in ("vae", "unet"):  # stages trained earlier carry over into this card
             if stage in prev:
                 card[stage] = prev[stage]
+        if not a.reinit_unet:  # the UNet continues: keep the record of each of its earlier stages
+            card["unet_stages"] = prev.get("unet_stages") or ([_stage_record(prev["unet"], prev.get("args"))]
+                                                               if "unet" in prev else [])
     heldout = scene_batch(np.random.default_rng(10 ** 9 + a.seed), a.heldout)[0] if a.heldout > 0 else None
     if vae_steps > 0:
         card["vae"] = train_vae(vae, vae_steps, rng, a.batch, a.vae_lr, a.kl_weight, device, a.log_every, log,
@@ -402,6 +415,7 @@ def main(argv=None) -> dict:
                 stream.close()
         if a.reinit_unet:
             card["unet"]["reinit"] = True
+        card["unet_stages"] = card.get("unet_stages", []) + [_stage_record(card["unet"], vars(a))]
     card["scaling_factor"] = float(vae.config.scaling_factor)
     if heldout is not None:
         card["vae_psnr_heldout"] = vae_psnr(vae, heldout.to(device))
@@ -412,7 +426,10 @@ def main(argv=None) -> dict:
     card["versions"] = {"torch": torch.__version__, "diffusers": diffusers.__version__, "numpy": np.__version__}
     card["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out = pathlib.Path(a.out)
-    trained = {"vae_steps": card.get("vae", {}).get("steps", 0), "unet_steps": card.get("unet", {}).get("steps", 0),
+    unet_total = (sum(st["steps"] for st in card["unet_stages"]) if card.get("unet_stages")
+                  else card.get("unet", {}).get("steps", 0))
+    trained = {"vae_steps": card.get("vae", {}).get("steps", 0), "unet_steps": unet_total,
+               "unet_samples": sum(st["steps"] * st["batch"] for st in card.get("unet_stages", [])) or None,
                "seed": a.seed}  # stages carried over from --init count too
     save_demo(out, vae.cpu(), unet.cpu(), te.cpu(), tok, extra={"trained": trained})
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
