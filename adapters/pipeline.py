@@ -102,15 +102,17 @@ class DiffEditorPipeline:
         if bank_window is not None:
             budget = None if bank_budget_mb is None else int(bank_budget_mb * 2 ** 20)
             bank = KVBank(steps=bank_window.indices(steps), byte_budget=budget)
-        return invert(den, latent.to(self.device), sig, model_id=self.model_id,
-                      cond_fingerprint=tensor_fingerprint(den.cond), cfg=cfg, exact_iters=exact_iters,
-                      hooks=self.hooks, bank=bank, disable=self.disable, interrupt=self.interrupt)
+        with den.installed():
+            return invert(den, latent.to(self.device), sig, model_id=self.model_id,
+                          cond_fingerprint=tensor_fingerprint(den.cond), cfg=cfg, exact_iters=exact_iters,
+                          hooks=self.hooks, bank=bank, disable=self.disable, interrupt=self.interrupt)
 
     def reconstruct(self, trajectory: EditTrajectory, prompt, cfg: float = 1.0, negative=None) -> torch.Tensor:
         den = self.denoiser(prompt, negative, cfg)
         x = trajectory.z_T
-        return sample_diffeditor(den, x, trajectory.sigmas.to(x.device), trajectory=trajectory,
-                                 model_id=self.model_id, hooks=self.hooks, disable=self.disable)
+        with den.installed():
+            return sample_diffeditor(den, x, trajectory.sigmas.to(x.device), trajectory=trajectory,
+                                     model_id=self.model_id, hooks=self.hooks, disable=self.disable)
 
     def edit(self, trajectory: EditTrajectory, task: EditTask, prompt, negative=None, cfg: float = 4.0,
              schedule: EditSchedule | None = None, seed: int = 42, stats: EditStats | None = None,
@@ -123,6 +125,7 @@ class DiffEditorPipeline:
         den = self.denoiser(prompt, negative, cfg)
         host = DiffusersHost(den, interrupt=self.interrupt)
         x = trajectory.z_T
-        return sample_edit(den, x, trajectory.sigmas.to(x.device), host=host, hooks=self.hooks,
-                           trajectory=trajectory, task=task, schedule=schedule or preset_schedule(),
-                           seed=seed, model_id=self.model_id, stats=stats, blend=blend, disable=self.disable)
+        with den.installed():
+            return sample_edit(den, x, trajectory.sigmas.to(x.device), host=host, hooks=self.hooks,
+                               trajectory=trajectory, task=task, schedule=schedule or preset_schedule(),
+                               seed=seed, model_id=self.model_id, stats=stats, blend=blend, disable=self.disable)

@@ -54,7 +54,8 @@ def sample_captions(vae, unet, text_encoder, tokenizer, alphas_cumprod, captions
         uncond = text_encoder(tokenizer([""]).to(device))
         den = DiffusersDenoiser(unet, cond, uncond, cfg=cfg, alphas_cumprod=alphas_cumprod)
         x = (torch.randn(len(caps), chans, size, size, generator=gen) * sig[0]).to(device)
-        z = sample_diffeditor(den, x, sig.to(device), disable=True)
+        with den.installed():
+            z = sample_diffeditor(den, x, sig.to(device), disable=True)
         img = vae.decode(z / sf).sample
         out.append(((img + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out)

@@ -217,21 +217,25 @@ def bench_model(name: str, device, dtype, steps: int, tasks, reps: int, hw=None,
     # plain sampling of the same model and steps (deterministic DDIM, CFG) for the ratio
     sync(device)
     t = time.perf_counter()
-    sample_diffeditor(den, x0 * float(sig[0]), sig, disable=True)
+    with den.installed():
+        sample_diffeditor(den, x0 * float(sig[0]), sig, disable=True)
     sync(device)
     out["plain_sampling_s"] = time.perf_counter() - t
 
     sync(device)
     t = time.perf_counter()
-    traj = invert(inv, x0, sig, model_id=model_id(unet), hooks=hooks, bank=KVBank(steps=range(steps)), disable=True)
+    with inv.installed():
+        traj = invert(inv, x0, sig, model_id=model_id(unet), hooks=hooks, bank=KVBank(steps=range(steps)),
+                      disable=True)
     sync(device)
     out["inversion_s"] = time.perf_counter() - t
     out["inversion_nfe"] = traj.model_calls
     out["kv_bank_bytes"] = traj.bank.nbytes
     ref = invert(inv, x0r, sig, model_id=model_id(unet), hooks=hooks, bank=KVBank(steps=range(steps)), disable=True)
 
-    units = unit_costs(unet, den, host, x0 * float(sig[steps // 2]), sig[steps // 2:steps // 2 + 1].expand(1),
-                       levels, device, reps)
+    with den.installed():
+        units = unit_costs(unet, den, host, x0 * float(sig[steps // 2]), sig[steps // 2:steps // 2 + 1].expand(1),
+                           levels, device, reps)
     out["unit_seconds"] = units
     specs = make_specs(*lat_hw)
     out["tasks"] = {}
@@ -242,8 +246,9 @@ def bench_model(name: str, device, dtype, steps: int, tasks, reps: int, hw=None,
         sched = preset_schedule("DiffEditor", task_name)
         sync(device)
         t = time.perf_counter()
-        sample_edit(den, x0, sig, host=host, hooks=hooks, trajectory=traj, task=task, schedule=sched, seed=42,
-                    model_id=model_id(unet), stats=stats, disable=True)
+        with den.installed():
+            sample_edit(den, x0, sig, host=host, hooks=hooks, trajectory=traj, task=task, schedule=sched, seed=42,
+                        model_id=model_id(unet), stats=stats, disable=True)
         sync(device)
         wall = time.perf_counter() - t
         unet_s = (stats.cfg_forwards * units["cfg_forward"] + stats.guidance_evals * units["guidance_eval"]
