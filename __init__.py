@@ -1,26 +1,33 @@
 """ComfyUI-DiffEditor: diffusion image editing (DiffEditor, DragonDiffusion and friends) as ComfyUI nodes.
 
-The engine (``samplers/``, ``guidance/``) is plain torch. Host adapters live in ``adapters/``. Nodes are
-registered only when ComfyUI's V3 API is importable, so the package imports cleanly anywhere (CI, diffusers
-pipelines).
+The engine (``samplers/``, ``guidance/``) is plain torch. Host adapters live in ``adapters/``. Inside ComfyUI
+the nodes are registered through the V3 entry point :func:`comfy_entrypoint`; elsewhere (CI, headless
+diffusers pipelines) the package imports without ComfyUI and exposes no nodes. Only the absence of ComfyUI
+is tolerated: an error while importing the nodes themselves propagates, so a broken install fails loudly in
+ComfyUI's log instead of loading as a pack with zero nodes.
 """
 __version__ = "0.1.0"
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+#: the front-end extension (plain ES modules) that ComfyUI serves for this pack
+WEB_DIRECTORY = "./web"
 
 try:  # ComfyUI present?
-    import comfy_api.latest  # noqa: F401
-    _HAS_COMFY = True
-except Exception:  # pragma: no cover - depends on the host
-    _HAS_COMFY = False
+    from comfy_api.latest import ComfyExtension
+except ImportError:  # not running inside ComfyUI
+    ComfyExtension = None
 
-if _HAS_COMFY:
-    from .nodes import NODE_LIST as _NODE_LIST
+if ComfyExtension is not None:
+    from .nodes import NODE_LIST
 
-    for _cls in _NODE_LIST:
-        _schema = _cls.define_schema()
-        NODE_CLASS_MAPPINGS[_schema.node_id] = _cls
-        NODE_DISPLAY_NAME_MAPPINGS[_schema.node_id] = _schema.display_name or _schema.node_id
+    class DiffEditorExtension(ComfyExtension):
+        """The pack's V3 extension: every DiffEditor node."""
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+        async def get_node_list(self):
+            return list(NODE_LIST)
+
+    async def comfy_entrypoint() -> ComfyExtension:
+        return DiffEditorExtension()
+
+    __all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]
+else:
+    __all__ = ["WEB_DIRECTORY"]

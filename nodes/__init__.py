@@ -1,6 +1,6 @@
 """ComfyUI nodes (V3 schema). Thin: schema, validation, conversion and one engine call each.
 
-``NODE_LIST`` is read by the package ``__init__`` and registered through ``NODE_CLASS_MAPPINGS``.
+``NODE_LIST`` is what the package's V3 entry point (``comfy_entrypoint`` in ``__init__``) registers.
 """
 from .common import EDIT_TRAJECTORY, EditTrajectoryType
 from .inversion import DiffEditorInvert, DiffEditorReconstruct

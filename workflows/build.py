@@ -256,7 +256,7 @@ def node_classes() -> dict:
     pack = pack_loader.load("diffeditor")
     classes = dict(comfy_nodes.NODE_CLASS_MAPPINGS)
     classes.update(custom_sampler.NODE_CLASS_MAPPINGS)
-    classes.update(pack.NODE_CLASS_MAPPINGS)
+    classes.update({cls.define_schema().node_id: cls for cls in pack.NODE_LIST})
     return classes
 
 
