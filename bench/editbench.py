@@ -344,16 +344,35 @@ def _model_name(weights, random_weights: bool) -> str:
     return "demo (random weights)" if random_weights else f"demo ({pathlib.Path(weights).name})"
 
 
-def summarize(per: dict, recon: dict, seed: int, n: int, steps: int, model: str) -> dict:
-    def mean(rows, k):
-        return float(np.mean([r[k] for r in rows]))
+#: an edit *fails* when its object is not found or its error (point error for drag, centroid error for the
+#: other object tasks) exceeds this many pixels: a quarter of the 64-px canvas, i.e. the object is elsewhere
+FAIL_PX = 16.0
+PRIMARY_ERROR = {"move": "centroid_err_px", "resize": "centroid_err_px", "drag": "point_err_px",
+                 "appearance": "centroid_err_px", "paste": "centroid_err_px"}
 
-    means = {t: {m: {k: mean(rows, k) for k in rows[0] if k != "scene"} for m, rows in ms.items()}
-             for t, ms in per.items()}
-    return {"model": model, "seed": seed, "n": n, "steps": steps,
+
+def failed(row: dict, task: str) -> bool:
+    """Object lost (scored with the image diagonal as its error) or its error above :data:`FAIL_PX`."""
+    return float(row[PRIMARY_ERROR[task]]) > FAIL_PX
+
+
+def task_stats(rows: list[dict], task: str) -> dict:
+    """Mean and median of every metric over the scenes (``<metric>_median``), and the failure rate (object
+    tasks): one lost object moves a mean by metres but a median by nothing, so rankings read all three."""
+    keys = [k for k in rows[0] if k != "scene"]
+    out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    out.update({f"{k}_median": float(np.median([r[k] for r in rows])) for k in keys})
+    if task in PRIMARY_ERROR:
+        out["fail_rate"] = float(np.mean([failed(r, task) for r in rows]))
+    return out
+
+
+def summarize(per: dict, recon: dict, seed: int, n: int, steps: int, model: str) -> dict:
+    stats = {t: {m: task_stats(rows, t) for m, rows in ms.items()} for t, ms in per.items()}
+    return {"model": model, "seed": seed, "n": n, "steps": steps, "fail_px": FAIL_PX,
             "reconstruction": {k: {"psnr": float(np.mean(v)) if v else None, "scenes": len(v)}
                                for k, v in recon.items()},
-            "tasks": means}
+            "tasks": stats}
 
 
 def run(seed=0, n=32, steps=50, tasks=TASKS, methods=None, weights=ROOT / "models" / "demo" / "weights",
@@ -429,11 +448,20 @@ def write_outputs(out: pathlib.Path, summary: dict, per: dict, grids: dict) -> N
     lines = [f"Edit benchmark — model {summary['model']}, seed {summary['seed']}, N={summary['n']}, "
              f"{summary['steps']} steps. Reconstruction PSNR: DDIM {summary['reconstruction']['ddim']['psnr']}, "
              f"exact {summary['reconstruction']['exact']['psnr']}.", ""]
+    lines += ["Each cell: mean (median) over the scenes; fail_rate: object lost or error above "
+              f"{summary.get('fail_px', FAIL_PX):g} px.", ""]
     for task, ms in summary["tasks"].items():
         cols = [k for k in keys if any(k in v for v in ms.values())]
+        cols += ["fail_rate"] if any("fail_rate" in v for v in ms.values()) else []
+
+        def cell(v, k):
+            if k not in v:
+                return ""
+            med = v.get(f"{k}_median")
+            return f"{v[k]:.3f}" if med is None or k in ("seconds", "nfe") else f"{v[k]:.3f} ({med:.3f})"
         lines += [f"### {task}", "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for m, v in ms.items():
-            lines.append(f"| {m} | " + " | ".join(f"{v[k]:.3f}" if k in v else "" for k in cols) + " |")
+            lines.append(f"| {m} | " + " | ".join(cell(v, k) for k in cols) + " |")
         lines.append("")
     out.with_suffix(".md").write_text("\n".join(lines))
     if not grids:
@@ -464,7 +492,17 @@ def main(argv=None):
                     "(one file per job: PATH.K)")
     ap.add_argument("--from-checkpoints", default="", help="comma list of checkpoint files: summarise them "
                     "instead of running (the scenes that finished every task)")
+    ap.add_argument("--resummarize", default="", help="an earlier run's PATH.json: recompute its statistics "
+                    "from PATH.scenes.json (no model calls; its picture grid is kept) and write them to --out")
     a = ap.parse_args(argv)
+    if a.resummarize:
+        old = json.loads(pathlib.Path(a.resummarize).read_text())
+        per = json.loads(pathlib.Path(a.resummarize).with_suffix(".scenes.json").read_text())
+        recon = {k: [v["psnr"]] * v["scenes"] if v["psnr"] is not None else [] for k, v in old["reconstruction"].items()}
+        summary = summarize(per, recon, old["seed"], old["n"], old["steps"], old["model"])
+        write_outputs(pathlib.Path(a.out), summary, per, {})
+        print(pathlib.Path(a.out).with_suffix(".md").read_text())
+        return
     torch.set_num_threads(a.threads)
     tasks = tuple(t for t in a.tasks.split(",") if t)
     bad = sorted(set(tasks) - set(TASKS))
