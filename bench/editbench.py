@@ -11,9 +11,10 @@ Tasks: move, resize, drag (rigid drags: every handle moves by the same vector, s
 appearance, paste, erase. Methods: ``baseline`` (latent copy-paste at the clean level + SDEdit
 harmonisation at strength 0.5, locked to the source trajectory outside the edit mask), ``dragondiffusion``,
 ``diffeditor`` and its ablations ``diffeditor_no_sde``, ``diffeditor_no_timetravel``,
-``diffeditor_global_guidance``, ``diffeditor_no_kv``, and ``diffeditor_anchored`` (the preset with the
-pack's trajectory-anchored blending outside the edit mask, the lock the baseline gets too); drag adds
-``dragloss`` when the drag optimiser is available. Erase compares ``baseline`` (regenerate from the
+``diffeditor_global_guidance``, ``diffeditor_no_kv``, ``diffeditor_anchored`` (the preset with the
+pack's trajectory-anchored blending outside the edit mask, the lock the baseline gets too), and
+``warp_inpaint`` (move/resize/drag/paste: the object warped on the latent grid, only the uncovered hole
+painted, ``samplers/inpaint.py``); drag adds ``dragloss`` when the drag optimiser is available. Erase compares ``baseline`` (regenerate from the
 inverted z_T with the concept dropped from the prompt), ``uce`` (closed-form erasure of the colour word)
 and ``sld`` (safe guidance away from it). The demo model has no image encoder, so DiffEditor's image
 prompt is off in every method.
@@ -55,7 +56,11 @@ from .detector import detect  # noqa: E402
 
 TASKS = ("move", "resize", "drag", "appearance", "paste", "erase")
 EDIT_METHODS = ("baseline", "dragondiffusion", "diffeditor", "diffeditor_no_sde", "diffeditor_no_timetravel",
-                "diffeditor_global_guidance", "diffeditor_no_kv", "diffeditor_anchored")
+                "diffeditor_global_guidance", "diffeditor_no_kv", "diffeditor_anchored", "warp_inpaint")
+#: methods that only apply to some tasks (the others run on every edit task)
+METHOD_TASKS = {"warp_inpaint": ("move", "resize", "drag", "paste")}
+#: warp_inpaint: the share of the schedule it samples (the hole is painted from this level down)
+WARP_STRENGTH = 0.5
 ERASE_METHODS = ("baseline", "uce", "sld")
 SCHEDULE_TASK = {"move": "move", "resize": "move", "drag": "drag", "appearance": "appearance", "paste": "paste"}
 CASE_KIND = {"move": "move", "resize": "resize", "drag": "drag_move", "appearance": "appearance",
@@ -169,6 +174,23 @@ def run_guided(pipe, traj, task, prompt, cfg, method, task_name, seed) -> tuple[
     out = pipe.edit(traj, task, prompt, cfg=cfg, schedule=sched, seed=seed, stats=stats, blend=blend)
     nfe = stats.cfg_forwards + stats.feature_forwards + stats.reference_forwards + stats.renoise_forwards
     return out, nfe
+
+
+def run_warp_inpaint(pipe, traj, task, case, prompt, cfg, seed) -> tuple[torch.Tensor, int]:
+    """The fast path: warp the object on the latent grid, paint only the uncovered hole (no guidance). For a
+    drag the region that moves is the object as the user would paint it (its mask grown by 2 px)."""
+    from ..guidance.warp import warp_for_spec
+    from ..samplers.inpaint import sample_warp_inpaint
+
+    obj = None
+    if case.kind == "drag_move":
+        obj = torch.from_numpy(_dilate(case.source_mask, 2).astype(np.float32))
+    warp = warp_for_spec(make_spec(case), tuple(traj.shape[-2:]), pipe.pixels_per_latent, object_mask=obj)
+    den = pipe.denoiser(prompt, None, cfg)
+    with den.installed():
+        out = sample_warp_inpaint(den, traj.x0, traj.sigmas.to(traj.x0.device), trajectory=traj, warp=warp,
+                                  strength=WARP_STRENGTH, reference=task.reference, seed=seed, disable=True)
+    return out, den.calls
 
 
 def run_dragloss(pipe, traj, task, case, prompt, seed) -> tuple[torch.Tensor, int]:
@@ -296,7 +318,8 @@ def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROO
             if task == "erase":
                 names = [m for m in ERASE_METHODS if methods is None or m in methods]
             else:
-                names = [m for m in EDIT_METHODS if methods is None or m in methods]
+                names = [m for m in EDIT_METHODS if (methods is None or m in methods)
+                         and task in METHOD_TASKS.get(m, (task,))]
                 if task == "drag" and dragloss_available() and (methods is None or "dragloss" in methods):
                     names.append("dragloss")
                 ref_traj = None
@@ -314,6 +337,8 @@ def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROO
                     out, nfe = run_baseline(pipe, traj, edit_task, case.prompt, cfg, seed + i)
                 elif m == "dragloss":
                     out, nfe = run_dragloss(pipe, traj, edit_task, case, case.prompt, seed + i)
+                elif m == "warp_inpaint":
+                    out, nfe = run_warp_inpaint(pipe, traj, edit_task, case, case.prompt, cfg, seed + i)
                 else:
                     out, nfe = run_guided(pipe, traj, edit_task, case.prompt, cfg, m, task, seed + i)
                 secs = time.time() - t1
