@@ -147,15 +147,16 @@ def _similarity_back(handles: torch.Tensor, targets: torch.Tensor):
     return back
 
 
-def drag_warp(points, hw, stride: int, mask=None, radius: float | None = None) -> LatentWarp:
-    """The drag's region moved by its handle → target points (see the module doc)."""
+def drag_warp(points, hw, stride: int, mask=None, radius: float | None = None, mask_name: str = "mask") -> LatentWarp:
+    """The drag's region moved by its handle → target points (see the module doc); ``mask_name`` names
+    the mask in errors."""
     if not points:
         raise ValueError("points: give at least one handle -> target pair")
     handles = torch.tensor([p[0] for p in points], dtype=torch.float64)
     targets = torch.tensor([p[1] for p in points], dtype=torch.float64)
     H, W = hw[0] * stride, hw[1] * stride
     if mask is not None:
-        m = _check_mask(mask, hw, stride, "mask")
+        m = _check_mask(mask, hw, stride, mask_name)
     else:  # a disc around every handle
         r = float(radius) if radius is not None else min(H, W) / 8
         yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5,
@@ -187,10 +188,14 @@ def warp_for_spec(spec, hw, stride: int, object_mask=None) -> LatentWarp:
 
     ``object_mask`` (drag only): the region that moves, instead of the drag's editable mask.
     """
+    if object_mask is not None and not isinstance(spec, DragSpec):
+        raise ValueError("object_mask: only a drag takes an object mask (move and paste specs carry theirs)")
     if isinstance(spec, MoveSpec):
         return affine_warp(spec.mask, hw, stride, spec.dx, spec.dy, spec.scale)
     if isinstance(spec, PasteSpec):
         return affine_warp(spec.mask, hw, stride, spec.dx, spec.dy, spec.scale, paste=True)
     if isinstance(spec, DragSpec):
-        return drag_warp(spec.points, hw, stride, object_mask if object_mask is not None else spec.mask)
+        if object_mask is not None:
+            return drag_warp(spec.points, hw, stride, object_mask, mask_name="object_mask")
+        return drag_warp(spec.points, hw, stride, spec.mask)
     raise ValueError(f"spec: the warp start supports move, resize, drag and paste specs, not {type(spec).__name__}")

@@ -84,10 +84,11 @@ def inpaint_start(anchor: EditTrajectory, hole: torch.Tensor, k: int, seed: int 
 def sample_warp_inpaint(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
                         trajectory: EditTrajectory, warp: LatentWarp, strength: float = 0.5,
                         reference: EditTrajectory | None = None, seed: int | None = None,
-                        grow: int = 0) -> torch.Tensor:
+                        grow: int = 0, host=None, hooks=None) -> torch.Tensor:
     """The warp-and-inpaint edit (k-diffusion convention; ``x`` gives only the shape/device, ``sigmas`` must
     be the trajectory's). ``grow`` widens the painted region by that many latent cells around the hole
-    (softer seams; 0 = the hole only). Returns the edited latent."""
+    (softer seams; 0 = the hole only). ``host`` (optional) is asked for interruption before every call;
+    ``hooks`` is accepted for the host adapters' sampler protocol and not used. Returns the edited latent."""
     trajectory.check_compatible(sigmas=sigmas, shape=tuple(x.shape), name="trajectory")
     if tuple(warp.target.shape) != tuple(trajectory.shape[-2:]):
         raise ValueError(f"the warp is for a {tuple(warp.target.shape)} latent but the trajectory is "
@@ -103,7 +104,8 @@ def sample_warp_inpaint(model, x, sigmas, extra_args=None, callback=None, disabl
     part = dataclasses.replace(anchor, latents=anchor.latents[k:], sigmas=anchor.sigmas[k:])
     x_k = inpaint_start(anchor, hole, k, seed).to(device=x.device, dtype=x.dtype).expand_as(x).clone()
     lock = TrajectoryAnchor(part, hole.to(x.device).float()[None, None])
-    return sample_diffeditor(model, x_k, sigmas[k:], extra_args, callback, disable, blend=lock, seed=seed)
+    return sample_diffeditor(model, x_k, sigmas[k:], extra_args, callback, disable, blend=lock, seed=seed,
+                             host=host)
 
 
 def paint_region(warp: LatentWarp, grow: int = 0) -> torch.Tensor:
