@@ -14,7 +14,8 @@ harmonisation at strength 0.5, locked to the source trajectory outside the edit 
 ``diffeditor_global_guidance``, ``diffeditor_no_kv``, ``diffeditor_anchored`` (the preset with the
 pack's trajectory-anchored blending outside the edit mask, the lock the baseline gets too), and
 ``warp_inpaint`` (move/resize/drag/paste: the object warped on the latent grid, only the uncovered hole
-painted, ``samplers/inpaint.py``); drag adds ``dragloss`` when the drag optimiser is available. Erase compares ``baseline`` (regenerate from the
+painted, ``samplers/inpaint.py``); drag adds ``dragloss`` (DragDiffusion) and ``aldd`` (GoodDrag's
+alternating drag and denoising) when the drag optimiser is available. Erase compares ``baseline`` (regenerate from the
 inverted z_T with the concept dropped from the prompt), ``uce`` (closed-form erasure of the colour word)
 and ``sld`` (safe guidance away from it). The demo model has no image encoder, so DiffEditor's image
 prompt is off in every method.
@@ -58,7 +59,7 @@ TASKS = ("move", "resize", "drag", "appearance", "paste", "erase")
 EDIT_METHODS = ("baseline", "dragondiffusion", "diffeditor", "diffeditor_no_sde", "diffeditor_no_timetravel",
                 "diffeditor_global_guidance", "diffeditor_no_kv", "diffeditor_anchored", "warp_inpaint")
 #: methods that only apply to some tasks (the others run on every edit task)
-METHOD_TASKS = {"warp_inpaint": ("move", "resize", "drag", "paste")}
+METHOD_TASKS = {"warp_inpaint": ("move", "resize", "drag", "paste"), "aldd": ("drag",)}
 #: warp_inpaint: the share of the schedule it samples (the hole is painted from this level down)
 WARP_STRENGTH = 0.5
 ERASE_METHODS = ("baseline", "uce", "sld")
@@ -214,6 +215,29 @@ def run_dragloss(pipe, traj, task, case, prompt, seed) -> tuple[torch.Tensor, in
     return out, den.calls
 
 
+def run_aldd(pipe, traj, case, prompt, seed) -> tuple[torch.Tensor, int]:
+    """GoodDrag's alternating drag and denoising from strength 0.75, its radii and step scaled from its
+    512-px setting to the image (at least one cell), then plain conditional DDIM (cfg 1, as GoodDrag)."""
+    from ..adapters.diffusers_adapter import DiffusersHost
+    from ..samplers.drag import ALDD_DEFAULTS, alternating_drag, strength_step
+
+    n = traj.steps
+    h, w = case.source.height, case.source.width
+    k = strength_step(n, ALDD_DEFAULTS["strength"])
+    sig = traj.sigmas.to(traj.x0.device)
+    den = pipe.denoiser(prompt, None, 1.0)
+    f = w / 512
+    opts = {k_: v for k_, v in ALDD_DEFAULTS.items() if k_ != "strength"}
+    opts.update(r_m=max(1, round(4 * f)), r_p=max(1, round(12 * f)), beta=max(1.0, 4 * f))
+    with den.installed():
+        x, step, _, _ = alternating_drag(
+            DiffusersHost(den), traj, sig, k, [tuple(map(float, p)) for p in case.handles],
+            [tuple(map(float, p)) for p in case.targets],
+            mask=torch.from_numpy(_dilate(case.edit_region, 4).astype(np.float32)), image_size=(h, w), **opts)
+        out = sample_diffeditor(den, x, sig[step:], disable=True, seed=seed)
+    return out, den.calls
+
+
 class SLDDenoiser:
     """CFG with Safe Latent Diffusion on the diffusers adapter (3 conditional passes per step)."""
 
@@ -320,8 +344,8 @@ def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROO
             else:
                 names = [m for m in EDIT_METHODS if (methods is None or m in methods)
                          and task in METHOD_TASKS.get(m, (task,))]
-                if task == "drag" and dragloss_available() and (methods is None or "dragloss" in methods):
-                    names.append("dragloss")
+                if task == "drag" and dragloss_available():
+                    names += [m for m in ("dragloss", "aldd") if methods is None or m in methods]
                 ref_traj = None
                 if task in ("appearance", "paste"):
                     zr = pipe.encode_image(torch.from_numpy(case.ref_image)[None])
@@ -337,6 +361,8 @@ def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROO
                     out, nfe = run_baseline(pipe, traj, edit_task, case.prompt, cfg, seed + i)
                 elif m == "dragloss":
                     out, nfe = run_dragloss(pipe, traj, edit_task, case, case.prompt, seed + i)
+                elif m == "aldd":
+                    out, nfe = run_aldd(pipe, traj, case, case.prompt, seed + i)
                 elif m == "warp_inpaint":
                     out, nfe = run_warp_inpaint(pipe, traj, edit_task, case, case.prompt, cfg, seed + i)
                 else:

@@ -19,7 +19,7 @@ def test_editbench_smoke_writes_every_key(tmp_path):
         expected = set(editbench.ERASE_METHODS) if task == "erase" else {
             m for m in editbench.EDIT_METHODS if task in editbench.METHOD_TASKS.get(m, (task,))}
         if task == "drag" and editbench.dragloss_available():
-            expected.add("dragloss")
+            expected |= {"dragloss", "aldd"}
         assert set(methods) == expected, task
         for m, metrics in methods.items():
             keys = ({"concept_rate", "collateral", "gt_psnr"} if task == "erase"
