@@ -129,3 +129,19 @@ class DiffEditorPipeline:
             return sample_edit(den, x, trajectory.sigmas.to(x.device), host=host, hooks=self.hooks,
                                trajectory=trajectory, task=task, schedule=schedule or preset_schedule(),
                                seed=seed, model_id=self.model_id, stats=stats, blend=blend, disable=self.disable)
+
+    def stable_edit(self, trajectory: EditTrajectory, task: EditTask, prompt, negative=None, cfg: float = 4.0,
+                    schedule: EditSchedule | None = None, seed: int = 42, threshold_db: float = 30.0,
+                    max_level: int = 3, stats: EditStats | None = None):
+        """:meth:`edit` with stability tracking (``samplers/stability.py``): while the edit changes the
+        source outside ``task.edit_mask`` by more than ``threshold_db`` allows, re-run it less aggressively
+        (gentler guidance and SDE, then the background locked, then the source kept outside). Returns
+        ``(latent, report)``."""
+        from ..samplers.stability import stable_edit
+
+        def run(sched, lock):
+            blend = TrajectoryAnchor(trajectory, task.edit_mask) if lock else None
+            return self.edit(trajectory, task, prompt, negative, cfg, sched, seed, stats, blend)
+
+        return stable_edit(run, schedule or preset_schedule(), trajectory.x0, task.edit_mask, threshold_db,
+                           max_level)
