@@ -278,17 +278,36 @@ def run_erase(pipe, tok, te, traj, case, method, cfg, seed) -> tuple[torch.Tenso
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def make_case(task: str, seed: int):
+#: the tasks each scene family is scored on (``plain``: the original benchmark)
+FAMILY_TASKS = {"plain": TASKS, "shadow": ("move", "resize", "drag", "paste"),
+                "light": ("move", "resize", "drag", "paste"), "stripes": ("move", "resize", "drag", "paste"),
+                "occlusion": ("move",)}
+
+
+def make_case(task: str, seed: int, family: str = "plain"):
+    """The benchmark's edit ``task`` on scene ``seed``. ``family`` (``scenes.FAMILIES``) adds shadows, a light
+    gradient or background stripes to the same scenes and edits (drawn from a separate generator), or makes
+    the move an occluding one (the object ends partly behind or in front of another)."""
+    if task not in FAMILY_TASKS.get(family, ()):
+        raise ValueError(f"family {family!r} has no {task!r} case; its tasks are {FAMILY_TASKS.get(family)}")
     rng = np.random.default_rng(10_000 + seed)
+    frng = np.random.default_rng(20_000 + seed)
+    effects = scenes.family_effects(family, frng)
     for s in range(seed * 101, seed * 101 + 100):
-        scene = scenes.make_scene(s)
+        if family == "occlusion":
+            scene = scenes.make_scene(s, n_objects=2)
+            case = scenes.occlude(scene, 0, 1, behind=bool(frng.integers(2)), rng=frng)
+            if case is not None:
+                return case
+            continue
+        scene = scenes.with_effects(scenes.make_scene(s), effects)
         if task == "erase":
             return scenes.remove(scene, scene.objects[int(rng.integers(len(scene.objects)))].color)
-        ref = scenes.make_scene(s + 50_000) if task in ("paste", "appearance") else None
+        ref = scenes.with_effects(scenes.make_scene(s + 50_000), effects) if task in ("paste", "appearance") else None
         case = scenes.random_edit(scene, CASE_KIND[task], rng, ref=ref)
         if case is not None:
             return case
-    raise RuntimeError(f"no valid {task} case for seed {seed}")
+    raise RuntimeError(f"no valid {task} case for seed {seed} (family {family})")
 
 
 def load_pipeline(weights, random_weights: bool):
@@ -316,7 +335,8 @@ def reconstruction_psnr(pipe, case, steps: int, z=None, traj=None) -> dict:
 
 
 def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROOT / "models" / "demo" / "weights",
-               random_weights=False, recon_n=8, log=print, checkpoint=None) -> tuple[dict, dict, dict]:
+               random_weights=False, recon_n=8, log=print, checkpoint=None,
+               family: str = "plain") -> tuple[dict, dict, dict]:
     """Score the scenes ``seed + i`` for ``i`` in ``indices``: (per-scene rows, reconstruction PSNRs, grids).
 
     Rows are ``{task: {method: [metrics, ...]}}`` in the order of ``indices`` (each with its ``scene``
@@ -329,7 +349,7 @@ def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROO
     recon = {"ddim": [], "exact": []}
     for i in indices:
         for task in tasks:
-            case = make_case(task, seed + i)
+            case = make_case(task, seed + i, family)
             src = torch.from_numpy(case.source_image)[None]
             z = pipe.encode_image(src)
             t0 = time.time()
@@ -427,11 +447,12 @@ def summarize(per: dict, recon: dict, seed: int, n: int, steps: int, model: str)
 
 
 def run(seed=0, n=32, steps=50, tasks=TASKS, methods=None, weights=ROOT / "models" / "demo" / "weights",
-        random_weights=False, recon_n=8, log=print, jobs=1, threads=1, checkpoint=None) -> tuple[dict, dict, dict]:
+        random_weights=False, recon_n=8, log=print, jobs=1, threads=1, checkpoint=None,
+        family: str = "plain") -> tuple[dict, dict, dict]:
     """Every task x method on N scenes; ``jobs`` > 1 splits the scenes over that many processes (the
     per-scene values do not depend on the split: each scene is seeded by its own index)."""
     kw = dict(seed=seed, steps=steps, tasks=tasks, methods=methods, weights=weights,
-              random_weights=random_weights, recon_n=recon_n)
+              random_weights=random_weights, recon_n=recon_n, family=family)
     if jobs <= 1:
         per, recon, grids = run_scenes(range(n), log=log, checkpoint=checkpoint, **kw)
     else:
@@ -454,11 +475,13 @@ def run(seed=0, n=32, steps=50, tasks=TASKS, methods=None, weights=ROOT / "model
                 rows.sort(key=lambda r: r["scene"])
         grids = parts[0][2]  # shard 0 holds scene 0
     model = _model_name(weights, random_weights)
-    return summarize(per, recon, seed, n, steps, model), per, grids
+    summary = summarize(per, recon, seed, n, steps, model)
+    summary["family"] = family
+    return summary, per, grids
 
 
 def from_checkpoints(paths, seed=0, steps=50, tasks=TASKS, weights=ROOT / "models" / "demo" / "weights",
-                     random_weights=False, recon_n=8, log=print) -> tuple[dict, dict, dict]:
+                     random_weights=False, recon_n=8, log=print, family: str = "plain") -> tuple[dict, dict, dict]:
     """Rebuild a run from ``--checkpoint`` JSONL files (e.g. of a run that was stopped): the scenes that
     finished every task count (N = their number), the reconstruction PSNR is measured anew on the first
     ``recon_n`` of them; no picture grid."""
@@ -479,11 +502,12 @@ def from_checkpoints(paths, seed=0, steps=50, tasks=TASKS, weights=ROOT / "model
     pipe, _, _ = load_pipeline(weights, random_weights)
     recon = {"ddim": [], "exact": []}
     for i in scenes_ok[:recon_n]:
-        for k, v in reconstruction_psnr(pipe, make_case("move", seed + i), steps).items():
+        for k, v in reconstruction_psnr(pipe, make_case("move", seed + i, family), steps).items():
             recon[k].append(v)
     model = _model_name(weights, random_weights)
     summary = summarize(per, recon, seed, len(scenes_ok), steps, model)
     summary["scenes"] = scenes_ok
+    summary["family"] = family
     log(f"[editbench] {len(scenes_ok)} complete scenes from {len(paths)} checkpoint file(s)")
     return summary, per, {}
 
@@ -496,7 +520,9 @@ def write_outputs(out: pathlib.Path, summary: dict, per: dict, grids: dict) -> N
     out.with_suffix(".scenes.json").write_text(json.dumps(per, indent=1))
     keys = ("centroid_err_px", "iou", "point_err_px", "color_err", "bg_psnr", "gt_psnr", "concept_rate",
             "collateral", "seconds", "nfe")
-    lines = [f"Edit benchmark — model {summary['model']}, seed {summary['seed']}, N={summary['n']}, "
+    fam = summary.get("family", "plain")
+    lines = [f"Edit benchmark — model {summary['model']}, "
+             + ("" if fam == "plain" else f"scene family {fam}, ") + f"seed {summary['seed']}, N={summary['n']}, "
              f"{summary['steps']} steps. Reconstruction PSNR: DDIM {summary['reconstruction']['ddim']['psnr']}, "
              f"exact {summary['reconstruction']['exact']['psnr']}.", ""]
     lines += ["Each cell: mean (median) over the scenes; fail_rate: object lost or error above "
@@ -533,7 +559,9 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--tasks", default="", help="comma list (default: every task of the family)")
+    ap.add_argument("--family", default="plain", choices=scenes.FAMILIES,
+                    help="scene family: shadows, a light gradient, background stripes or occluding moves")
     ap.add_argument("--methods", default="", help="comma list (default: all)")
     ap.add_argument("--weights", default=str(ROOT / "models" / "demo" / "weights"))
     ap.add_argument("--random-weights", action="store_true")
@@ -555,17 +583,19 @@ def main(argv=None):
         print(pathlib.Path(a.out).with_suffix(".md").read_text())
         return
     torch.set_num_threads(a.threads)
-    tasks = tuple(t for t in a.tasks.split(",") if t)
-    bad = sorted(set(tasks) - set(TASKS))
+    tasks = tuple(t for t in a.tasks.split(",") if t) or FAMILY_TASKS[a.family]
+    bad = sorted(set(tasks) - set(FAMILY_TASKS[a.family]))
     if bad:
-        raise SystemExit(f"--tasks: unknown {bad}; expected some of {TASKS}")
+        raise SystemExit(f"--tasks: {bad} not available; the {a.family} family has {FAMILY_TASKS[a.family]}")
     methods = tuple(m for m in a.methods.split(",") if m) or None
     if a.from_checkpoints:
         summary, per, grids = from_checkpoints([c for c in a.from_checkpoints.split(",") if c], a.seed, a.steps,
-                                               tasks, pathlib.Path(a.weights), a.random_weights)
+                                               tasks, pathlib.Path(a.weights), a.random_weights,
+                                               family=a.family)
     else:
         summary, per, grids = run(a.seed, a.n, a.steps, tasks, methods, pathlib.Path(a.weights),
-                                  a.random_weights, jobs=a.jobs, threads=a.threads, checkpoint=a.checkpoint)
+                                  a.random_weights, jobs=a.jobs, threads=a.threads, checkpoint=a.checkpoint,
+                                  family=a.family)
     write_outputs(pathlib.Path(a.out), summary, per, grids)
     print(pathlib.Path(a.out).with_suffix(".md").read_text())
 
