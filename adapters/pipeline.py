@@ -145,3 +145,25 @@ class DiffEditorPipeline:
 
         return stable_edit(run, schedule or preset_schedule(), trajectory.x0, task.edit_mask, threshold_db,
                            max_level)
+
+    def edit_pack(self, trajectory: EditTrajectory, task: EditTask, spec, prompt, negative=None, cfg: float = 4.0,
+                  seed: int = 42, object_mask=None, stats: EditStats | None = None) -> torch.Tensor:
+        """The pack's ``DiffEditor+`` preset (``samplers/pack.py``): per task the measured-best plan.
+        ``spec`` is the task's pixel-space spec (it places the warp); ``object_mask``: for a drag, the
+        region that moves (default: the spec's mask, else a disc around each handle)."""
+        from ..guidance.warp import warp_for_spec
+        from ..samplers.pack import pack_plan, sample_pack
+
+        plan = pack_plan(task.task)
+        warp = None
+        if plan.method == "warp":
+            warp = warp_for_spec(spec, tuple(trajectory.shape[-2:]), self.pixels_per_latent, object_mask=object_mask)
+        den = self.denoiser(prompt, negative, cfg)
+        host = DiffusersHost(den, interrupt=self.interrupt)
+        x = trajectory.z_T
+        with den.installed():
+            out = sample_pack(den, x, trajectory.sigmas.to(x.device), host=host, hooks=self.hooks,
+                              trajectory=trajectory, task=task, plan=plan, warp=warp, seed=seed,
+                              model_id=self.model_id, stats=stats, disable=self.disable)
+        self.last_calls = den.calls  # UNet calls of this edit (CFG batches count once)
+        return out

@@ -57,7 +57,7 @@ from .detector import detect  # noqa: E402
 
 TASKS = ("move", "resize", "drag", "appearance", "paste", "erase")
 EDIT_METHODS = ("baseline", "dragondiffusion", "diffeditor", "diffeditor_no_sde", "diffeditor_no_timetravel",
-                "diffeditor_global_guidance", "diffeditor_no_kv", "diffeditor_anchored", "warp_inpaint")
+                "diffeditor_global_guidance", "diffeditor_no_kv", "diffeditor_anchored", "warp_inpaint", "pack")
 #: methods that only apply to some tasks (the others run on every edit task)
 METHOD_TASKS = {"warp_inpaint": ("move", "resize", "drag", "paste"), "aldd": ("drag",)}
 #: warp_inpaint: the share of the schedule it samples (the hole is painted from this level down)
@@ -177,21 +177,32 @@ def run_guided(pipe, traj, task, prompt, cfg, method, task_name, seed) -> tuple[
     return out, nfe
 
 
+def _object_mask(case):
+    """The region a user paints for a drag's warp: the object grown by 2 px (None for other tasks)."""
+    if case.kind != "drag_move":
+        return None
+    return torch.from_numpy(_dilate(case.source_mask, 2).astype(np.float32))
+
+
 def run_warp_inpaint(pipe, traj, task, case, prompt, cfg, seed) -> tuple[torch.Tensor, int]:
     """The fast path: warp the object on the latent grid, paint only the uncovered hole (no guidance). For a
     drag the region that moves is the object as the user would paint it (its mask grown by 2 px)."""
     from ..guidance.warp import warp_for_spec
     from ..samplers.inpaint import sample_warp_inpaint
 
-    obj = None
-    if case.kind == "drag_move":
-        obj = torch.from_numpy(_dilate(case.source_mask, 2).astype(np.float32))
-    warp = warp_for_spec(make_spec(case), tuple(traj.shape[-2:]), pipe.pixels_per_latent, object_mask=obj)
+    warp = warp_for_spec(make_spec(case), tuple(traj.shape[-2:]), pipe.pixels_per_latent,
+                         object_mask=_object_mask(case))
     den = pipe.denoiser(prompt, None, cfg)
     with den.installed():
         out = sample_warp_inpaint(den, traj.x0, traj.sigmas.to(traj.x0.device), trajectory=traj, warp=warp,
                                   strength=WARP_STRENGTH, reference=task.reference, seed=seed, disable=True)
     return out, den.calls
+
+
+def run_pack(pipe, traj, task, case, prompt, cfg, seed) -> tuple[torch.Tensor, int]:
+    """The pack's DiffEditor+ preset (samplers/pack.py) through the headless pipeline."""
+    out = pipe.edit_pack(traj, task, make_spec(case), prompt, cfg=cfg, seed=seed, object_mask=_object_mask(case))
+    return out, pipe.last_calls
 
 
 def run_dragloss(pipe, traj, task, case, prompt, seed) -> tuple[torch.Tensor, int]:
@@ -383,6 +394,8 @@ def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROO
                     out, nfe = run_dragloss(pipe, traj, edit_task, case, case.prompt, seed + i)
                 elif m == "aldd":
                     out, nfe = run_aldd(pipe, traj, case, case.prompt, seed + i)
+                elif m == "pack":
+                    out, nfe = run_pack(pipe, traj, edit_task, case, case.prompt, cfg, seed + i)
                 elif m == "warp_inpaint":
                     out, nfe = run_warp_inpaint(pipe, traj, edit_task, case, case.prompt, cfg, seed + i)
                 else:

@@ -110,3 +110,32 @@ def test_drag_through_the_spec_and_paste_needs_its_reference(tiny):
         warped_trajectory(traj, warp_for_spec(PasteSpec(mask, 8, 0), HW, STRIDE))
     with pytest.raises(ValueError, match="strength"):
         start_index(12, 0.0)
+
+
+def test_pack_preset_runs_each_plan_through_its_engine(tiny):
+    from diffeditor.samplers.hooks import EditHooks
+    from diffeditor.adapters.diffusers_adapter import DiffusersHost
+    from diffeditor.guidance.tasks import make_task
+    from diffeditor.samplers.pack import PACK_PLANS, PackPlan, pack_plan, sample_pack
+
+    den, traj, sig = tiny
+    mask = torch.zeros(128, 128)
+    mask[32:64, 16:48] = 1
+    spec = MoveSpec(mask, 40, 8)
+    task = make_task(spec, traj.x0)
+    warp = warp_for_spec(spec, HW, STRIDE)
+    host = DiffusersHost(den)
+    plan = pack_plan("move")
+    assert plan.method == "warp" and set(PACK_PLANS) == {"move", "drag", "paste", "appearance"}
+    a = sample_pack(den, traj.x0, sig, host=host, hooks=EditHooks(), trajectory=traj, task=task, plan=plan,
+                    warp=warp, seed=5, disable=True)
+    b = sample_warp_inpaint(den, traj.x0, sig, trajectory=traj, warp=warp, strength=plan.strength, seed=5,
+                            grow=plan.grow, disable=True)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="warp"):
+        sample_pack(den, traj.x0, sig, host=host, hooks=EditHooks(), trajectory=traj, task=task, plan=plan)
+    with pytest.raises(ValueError, match="no plan"):
+        pack_plan("erase")
+    with pytest.raises(ValueError, match="method"):
+        sample_pack(den, traj.x0, sig, host=host, hooks=EditHooks(), trajectory=traj, task=task,
+                    plan=PackPlan("magic"))
