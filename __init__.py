@@ -11,12 +11,23 @@ __version__ = "0.1.0"
 #: the front-end extension (plain ES modules) that ComfyUI serves for this pack
 WEB_DIRECTORY = "./web"
 
-try:  # ComfyUI present?
-    from comfy_api.latest import ComfyExtension
-except ImportError:  # not running inside ComfyUI
+try:  # ComfyUI present? Only the absence of its API package itself means "no".
+    import comfy_api  # noqa: F401
+except ImportError as _e:
+    if getattr(_e, "name", None) != "comfy_api":  # something else failed while importing it: a broken install
+        raise
     ComfyExtension = None
+else:  # inside ComfyUI: anything missing from here on is a broken or too old ComfyUI, and must say so
+    try:
+        from comfy_api.latest import ComfyExtension
+    except ImportError as _e:
+        raise ImportError(f"ComfyUI-DiffEditor needs ComfyUI's V3 node API (comfy_api.latest, ComfyUI >= 0.3.64); "
+                          f"importing it failed: {_e}") from _e
 
-if ComfyExtension is not None:
+# ``__package__`` is empty only when this file is imported as a plain module rather than as the pack: pytest
+# does that when it collects the repository root (a folder with an ``__init__.py``) and the folder's name is
+# not an identifier, e.g. ``ComfyUI-DiffEditor``. ComfyUI and ``pack_loader`` always import it as a package.
+if ComfyExtension is not None and __package__:
     from .nodes import NODE_LIST
 
     class DiffEditorExtension(ComfyExtension):
