@@ -157,6 +157,25 @@ def layout_of(model) -> DecoderLayout:
     return decoder_layout(base.model_config.unet_config, base.diffusion_model)
 
 
+def decoder_attention_shapes(model, latent_hw: Sequence[int]) -> list[tuple[str, int, int]]:
+    """``(layer, tokens, width)`` of every decoder self-attention (the layers a K,V bank records) for a latent
+    of ``latent_hw``: up block ``i`` runs at the resolution of ``L - 1 - i`` stride-2 downsamplings (each
+    rounding up, as ComfyUI's padded convolutions do); the width is that layer's ``attn1`` K projection."""
+    base = _base_model(model)
+    layout = layout_of(base)
+    sizes = [tuple(int(s) for s in latent_hw)]
+    for _ in range(1, layout.num_up_blocks):
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    out = []
+    for n, (up, att, depth) in sorted(layout.attention.items()):
+        h, w = sizes[layout.num_up_blocks - 1 - up]
+        st = next(layer for layer in base.diffusion_model.output_blocks[n] if hasattr(layer, "transformer_blocks"))
+        for t in range(depth):
+            out.append((layer_name(up, att, t), h * w, int(st.transformer_blocks[t].attn1.to_k.weight.shape[0])))
+    return out
+
+
 # ------------------------------------------------------------------------------------------- identity
 def _sample_values(t: torch.Tensor, n: int = 4096) -> torch.Tensor:
     flat = t.detach().reshape(-1)
@@ -255,6 +274,7 @@ class _Attn1Hook:
         self.hooks, self.layer, self.previous = hooks, layer, previous
 
     def __call__(self, q, k, v, extra_options):
+        comfy.model_management.throw_exception_if_processing_interrupted()  # also inside a (huge) model call
         shape = extra_options.get("activations_shape")
         hw = (int(shape[-2]), int(shape[-1])) if shape is not None else _square_hw(q.shape[1])
         k, v = self.hooks.self_attention_kv(self.layer, k, v, hw, extra_options.get("cond_or_uncond"))
@@ -275,6 +295,7 @@ class _FeatureHook:
         self.hooks, self.points = hooks, dict(feature_points)
 
     def __call__(self, h, hsp, transformer_options):
+        comfy.model_management.throw_exception_if_processing_interrupted()
         blk = transformer_options.get("block")
         if blk is not None and blk[0] == "output":
             level = self.points.get(blk[1])
@@ -434,6 +455,7 @@ class ComfyHost(EditHost):
 
     # -- EditHost ----------------------------------------------------------------------------------------
     def denoise_cond(self, x, sigma):
+        self.check_interrupt()
         s = self._sigma(sigma, x)
         return comfy.samplers.calc_cond_batch(self._active, [self.positive()], x, s, self.model_options)[0]
 
@@ -443,6 +465,7 @@ class ComfyHost(EditHost):
         if bad:
             raise ValueError(f"feature levels {bad} cannot be captured on this MODEL: capturable decoder levels are "
                              f"{list(self.layout.capturable_levels)} (the last up block's output is not exposed)")
+        self.check_interrupt()
         s = self._sigma(sigma, x)
         with self.hooks.capturing(levels) as feats:
             try:
@@ -471,6 +494,21 @@ class ComfyHost(EditHost):
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
+class _Interruptible:
+    """The k-diffusion denoiser the engine calls, checking for a user interrupt before every model call (the
+    engine's own loops check once per step; exact inversion, guidance and time travel make several calls)."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __call__(self, *args, **kwargs):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return self._model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
 def make_sampler(engine_fn: Callable, *, hooks: EditHooks | None = None, with_model_id: bool = False,
                  input_name: str = "model", **options) -> comfy.samplers.KSAMPLER:
     """A ComfyUI SAMPLER running ``engine_fn(model, x, sigmas, extra_args=, callback=, disable=, hooks=,
@@ -496,7 +534,7 @@ def make_sampler(engine_fn: Callable, *, hooks: EditHooks | None = None, with_mo
             opts.update(kw)
             if with_model_id:
                 opts["model_id"] = host.model_id
-            return engine_fn(model, x, sigmas, extra_args=args, callback=callback, disable=disable,
+            return engine_fn(_Interruptible(model), x, sigmas, extra_args=args, callback=callback, disable=disable,
                              hooks=h, host=host, **opts)
 
     return comfy.samplers.KSAMPLER(sampler_fn)

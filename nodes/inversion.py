@@ -1,6 +1,8 @@
 """DiffEditor Invert and DiffEditor Reconstruct."""
 from __future__ import annotations
 
+import logging
+
 import torch
 from comfy_api.latest import io
 
@@ -8,13 +10,30 @@ import comfy.model_management
 import comfy.sample
 import comfy.samplers
 
-from ..adapters.comfy_adapter import check_supported, cond_fingerprint, make_sampler, model_id
-from ..samplers.hooks import KVBank
+from ..adapters.comfy_adapter import (check_supported, cond_fingerprint, decoder_attention_shapes, make_sampler,
+                                      model_id)
+from ..samplers.budget import inversion_model_calls, kv_bank_estimate, mib
+from ..samplers.hooks import KVBank, KVBudgetError
 from ..samplers.inversion import invert
 from ..samplers.sampling import sample_diffeditor
 from ..samplers.schedule import StepWindow
 from .common import (CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_trajectory,
                      check_window, disable_pbar, latent_samples, plain_conditioning, progress_callback)
+
+log = logging.getLogger(__name__)
+
+
+def _bank_budget_error(est, budget_bytes: int, n: int, bank_start, bank_end) -> str:
+    fit = est.steps_within(budget_bytes)
+    if fit >= 1:
+        how = (f"or narrow bank_start/bank_end to at most {fit} of the {n} steps (the window [{bank_start}, "
+               f"{bank_end}) records {est.steps})")
+    else:
+        how = (f"(one recorded step alone needs {mib(est.per_step)}, so narrowing bank_start/bank_end cannot help; "
+               "a smaller latent needs less)")
+    return (f"kv_budget_mb: the K,V bank of this latent needs {mib(est.bytes)} ({mib(est.per_step)} per recorded "
+            f"step) but kv_budget_mb allows {mib(budget_bytes)}; raise kv_budget_mb to {mib(est.bytes)} {how}, "
+            "or turn record_kv_bank off")
 
 
 class DiffEditorInvert(io.ComfyNode):
@@ -55,8 +74,9 @@ class DiffEditorInvert(io.ComfyNode):
                 io.Float.Input("bank_end", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="End (exclusive) of the recorded steps, as a fraction of the steps."),
                 io.Float.Input("kv_budget_mb", default=4096.0, min=1.0, max=262144.0, step=64.0,
-                               tooltip="Maximum size of the K,V bank in MiB (fp16, stored on the offload "
-                                       "device); the node fails with the needed size if it is exceeded."),
+                               tooltip="Maximum size of the K,V bank in MiB (two bytes a value, stored on the "
+                                       "offload device). Checked from the latent size before any model call: a "
+                                       "bank that would not fit is refused with the size it needs."),
             ],
             outputs=[
                 EditTrajectoryType.Output("trajectory", display_name="trajectory",
@@ -96,13 +116,24 @@ class DiffEditorInvert(io.ComfyNode):
         n = sigmas.shape[0] - 1  # some schedulers (ddim_uniform) give more steps than asked for
         if n < 1:
             raise ValueError(f"scheduler: {scheduler} with {steps} steps gives no sampling step")
+        calls = inversion_model_calls(n, iters)
+        bank_note = ""
         if record_kv_bank:
             bank_steps = StepWindow(float(bank_start), float(bank_end)).indices(n)
             if not bank_steps:
                 raise ValueError(f"bank_start/bank_end: the window [{bank_start}, {bank_end}) selects no step of "
                                  f"{n}; widen it")
+            budget_bytes = int(budget * 2 ** 20)
+            # the bank's size is known before any model call: refuse what cannot fit now, not minutes later
+            est = kv_bank_estimate(decoder_attention_shapes(model, samples.shape[-2:]), len(bank_steps),
+                                   batch=samples.shape[0])
+            if est.bytes > budget_bytes:
+                raise ValueError(_bank_budget_error(est, budget_bytes, n, bank_start, bank_end))
+            bank_note = f", K,V bank {mib(est.bytes)} on {len(bank_steps)} steps"
             bank = KVBank(steps=bank_steps, device=comfy.model_management.intermediate_device(),
-                          byte_budget=int(budget * 2 ** 20))
+                          byte_budget=budget_bytes)
+        log.info("DiffEditor Invert: up to %d UNet calls on a %dx%d latent (batch %d)%s", calls, samples.shape[-2],
+                 samples.shape[-1], samples.shape[0], bank_note)
         mid = model_id(model)
         cfp = cond_fingerprint(positive, negative)
         holder = {}
@@ -116,10 +147,14 @@ class DiffEditorInvert(io.ComfyNode):
 
         with torch.inference_mode(False):
             x0 = samples.clone()
-            out = comfy.sample.sample_custom(
-                model, torch.zeros_like(x0), cfg, make_sampler(engine), sigmas, plain_conditioning(positive),
-                plain_conditioning(negative), x0, noise_mask=None, callback=progress_callback(model, n),
-                disable_pbar=disable_pbar(), seed=0)
+            try:
+                out = comfy.sample.sample_custom(
+                    model, torch.zeros_like(x0), cfg, make_sampler(engine), sigmas, plain_conditioning(positive),
+                    plain_conditioning(negative), x0, noise_mask=None, callback=progress_callback(model, n),
+                    disable_pbar=disable_pbar(), seed=0)
+            except KVBudgetError as e:  # the estimate above should have caught it; name the inputs anyway
+                raise ValueError(f"kv_budget_mb: {e} (kv_budget_mb is {budget:g}; bank_start/bank_end select "
+                                 f"{len(bank.steps)} of {n} steps)") from None
         traj = holder["trajectory"]
         dev = comfy.model_management.intermediate_device()
         traj.latents = [t.to(dev) for t in traj.latents]

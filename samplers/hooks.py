@@ -34,8 +34,9 @@ class StopForward(Exception):
     """Raised by an adapter's feature hook to end a forward pass once every requested level is captured."""
 
 
-class KVBudgetError(RuntimeError):
-    pass
+class KVBudgetError(ValueError):
+    """A K,V bank outgrew its byte budget (a ValueError: the budget or the recorded steps must change). Host
+    adapters turn it into a plain ValueError naming their own inputs."""
 
 
 def default_feature_levels(num_up_blocks: int) -> tuple[int, ...]:
