@@ -3,9 +3,10 @@ patcher's state are compared before and after each node of a graph whose two bra
 
 Branch A edits with gradients (the one-node Edit, whose guidance backpropagates through the UNet); branch B runs
 every other node that takes the MODEL or samples with it (patching nodes, SAMPLER nodes inside core
-SamplerCustomAdvanced with a core CFGGuider on the MODEL, Drag Optimize, Reconstruct). Branch A's result is the
-same before and after branch B ran. The tiny model is built under ``torch.inference_mode`` like a loaded
-checkpoint, so its weights are inference tensors: replacing them by clones (even with equal values) is seen.
+SamplerCustomAdvanced with a core CFGGuider on the MODEL, Drag Optimize, Reconstruct, Warp & Inpaint).
+Branch A's result is the same before and after branch B ran. The tiny model is built under
+``torch.inference_mode`` like a loaded checkpoint, so its weights are inference tensors: replacing them by clones
+(even with equal values) is seen.
 """
 import comfy.samplers
 import torch
@@ -18,6 +19,7 @@ from diffeditor.nodes.erasure import DiffEditorEraseConcept, DiffEditorSafeGuida
 from diffeditor.nodes.image_prompt import DiffEditorImagePrompt
 from diffeditor.nodes.inversion import DiffEditorInvert, DiffEditorReconstruct
 from diffeditor.nodes.sampler import DiffEditorMaskedBlend, DiffEditorSampler
+from diffeditor.nodes.warp import DiffEditorWarpInpaint
 
 STEPS = 8
 KNOBS = dict(preset="DiffEditor", seed=42, energy=-1.0, kappa=-1.0, regional=True, guidance_start=0.0,
@@ -104,6 +106,9 @@ def test_shared_model_is_never_mutated_by_any_node(sd15_model, conds, latent):
 
     run(DiffEditorReconstruct, model=model, positive=conds[0], negative=conds[1], trajectory=traj, cfg=1.0)
     check("DiffEditor Reconstruct")
+    run(DiffEditorWarpInpaint, model=model, positive=conds[0], negative=conds[1], trajectory=traj, spec=spec,
+        strength=0.5, cfg=4.0, seed=1, grow=0)
+    check("DiffEditor Warp & Inpaint")
 
     safety = tm.random_conditioning(12)
     guided = run(DiffEditorSafeGuidance, model=model, safety=safety, preset="max", warmup_steps=0,
@@ -129,4 +134,4 @@ def test_shared_model_is_never_mutated_by_any_node(sd15_model, conds, latent):
 
     # branch A again: the same result after everything branch B did with the shared MODEL
     assert torch.equal(branch_a(), first)
-    assert len(seen) == 14
+    assert len(seen) == 15
