@@ -183,7 +183,8 @@ def sld_correction_sigma(x: torch.Tensor, sigma: Union[float, torch.Tensor], con
     """The SLD term to *add* to a guided denoised estimate: ``w σ ψ`` from the warm-up step on, zeros before.
 
     Same arguments as :func:`sld_guidance_sigma`; ``state`` is updated the same way (also during warm-up).
-    ``x − sld_guidance_sigma(...) == (uncond_denoised + w (cond_denoised − uncond_denoised)) + sld_correction_sigma(...)``.
+    ``x − sld_guidance_sigma(...)`` equals
+    ``uncond_denoised + w (cond_denoised − uncond_denoised) + sld_correction_sigma(...)``.
     """
     sig = _sigma_like(sigma, x)
     if (sig <= 0).any():

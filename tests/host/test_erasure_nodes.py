@@ -300,8 +300,8 @@ def test_sld_composes_with_another_packs_cfg_function_in_either_order(sd15_model
         s = sigma.reshape(-1, 1, 1, 1)
         e_u, e_c, e_s = (x - args["uncond_denoised"]) / s, (x - args["cond_denoised"]) / s, (x - d_s) / s
         w = args["cond_scale"]
-        sld_term = (args["uncond"] + w * (args["cond"] - args["uncond"])) - s * sld_guidance(e_u, e_c, e_s, w, config,
-                                                                                          box["state"])
+        plain = args["uncond"] + w * (args["cond"] - args["uncond"])
+        sld_term = plain - s * sld_guidance(e_u, e_c, e_s, w, config, box["state"])
         c, u = args["cond"], args["uncond"]
         return (0.8 * (u + w * (c - u)) + 0.2 * c) - sld_term
 
