@@ -20,11 +20,15 @@ is derived from the model's ``unet_config`` (``num_res_blocks``, ``channel_mult`
 ``transformer_depth_output``), so SD1.x, SD2.x, SDXL and smaller test UNets share one code path.
 
 Gradients (``ComfyHost.grad_context``) follow the verified recipe: ``inference_mode(False)`` +
-``enable_grad`` and, once per run, every inference-tensor parameter/buffer of the diffusion model replaced by
-a normal clone with identical values (the executor builds weights under ``torch.inference_mode``).
+``enable_grad``, with the gradient passes run on :func:`autograd_copy` of the model: a structural copy of the
+diffusion model whose inference-tensor parameters/buffers (the executor builds weights under
+``torch.inference_mode``, and those cannot be saved for backward) are normal clones with identical values. The
+user's MODEL, shared with every other branch of the graph, is never modified: its modules, parameters and
+buffers stay the same objects with the same values, and the copy is dropped when the gradient pass ends.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -153,6 +157,25 @@ def layout_of(model) -> DecoderLayout:
     return decoder_layout(base.model_config.unet_config, base.diffusion_model)
 
 
+def decoder_attention_shapes(model, latent_hw: Sequence[int]) -> list[tuple[str, int, int]]:
+    """``(layer, tokens, width)`` of every decoder self-attention (the layers a K,V bank records) for a latent
+    of ``latent_hw``: up block ``i`` runs at the resolution of ``L - 1 - i`` stride-2 downsamplings (each
+    rounding up, as ComfyUI's padded convolutions do); the width is that layer's ``attn1`` K projection."""
+    base = _base_model(model)
+    layout = layout_of(base)
+    sizes = [tuple(int(s) for s in latent_hw)]
+    for _ in range(1, layout.num_up_blocks):
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    out = []
+    for n, (up, att, depth) in sorted(layout.attention.items()):
+        h, w = sizes[layout.num_up_blocks - 1 - up]
+        st = next(layer for layer in base.diffusion_model.output_blocks[n] if hasattr(layer, "transformer_blocks"))
+        for t in range(depth):
+            out.append((layer_name(up, att, t), h * w, int(st.transformer_blocks[t].attn1.to_k.weight.shape[0])))
+    return out
+
+
 # ------------------------------------------------------------------------------------------- identity
 def _sample_values(t: torch.Tensor, n: int = 4096) -> torch.Tensor:
     flat = t.detach().reshape(-1)
@@ -241,6 +264,7 @@ class _Attn1Hook:
         self.hooks, self.layer, self.previous = hooks, layer, previous
 
     def __call__(self, q, k, v, extra_options):
+        comfy.model_management.throw_exception_if_processing_interrupted()  # also inside a (huge) model call
         shape = extra_options.get("activations_shape")
         hw = (int(shape[-2]), int(shape[-1])) if shape is not None else _square_hw(q.shape[1])
         k, v = self.hooks.self_attention_kv(self.layer, k, v, hw, extra_options.get("cond_or_uncond"))
@@ -261,6 +285,7 @@ class _FeatureHook:
         self.hooks, self.points = hooks, dict(feature_points)
 
     def __call__(self, h, hsp, transformer_options):
+        comfy.model_management.throw_exception_if_processing_interrupted()
         blk = transformer_options.get("block")
         if blk is not None and blk[0] == "output":
             level = self.points.get(blk[1])
@@ -322,22 +347,48 @@ def _plain(t):
     return t
 
 
-def make_autograd_safe(module: torch.nn.Module) -> int:
-    """Replace inference-tensor parameters/buffers of ``module`` by normal clones (same values, parameters
-    with ``requires_grad=False``: gradients are only ever taken w.r.t. latents); returns how many were
-    converted. Needed for backprop through weights loaded under ``torch.inference_mode``."""
-    n = 0
-    with torch.inference_mode(False):
-        for m in module.modules():
-            for name, p in list(m._parameters.items()):
-                if p is not None and p.is_inference():
-                    m._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
-                    n += 1
-            for name, b in list(m._buffers.items()):
-                if b is not None and b.is_inference():
-                    m._buffers[name] = b.clone()
-                    n += 1
-    return n
+def _has_inference_tensors(module: torch.nn.Module) -> bool:
+    return any(t.is_inference() for t in module.parameters()) or any(t.is_inference() for t in module.buffers())
+
+
+def _plain_module_copy(m: torch.nn.Module, memo: dict) -> torch.nn.Module:
+    """A shallow copy of ``m`` (and of every submodule) with new parameter/buffer/submodule dicts; inference
+    tensors are replaced by normal clones, everything else (other tensors, patch functions, the ComfyUI cast
+    and weight-function state) is shared read-only. ``m`` itself is not touched."""
+    if id(m) in memo:
+        return memo[id(m)]
+    c = copy.copy(m)
+    memo[id(m)] = c
+    c.__dict__["_parameters"] = {
+        n: (torch.nn.Parameter(p.detach().clone(), requires_grad=False) if p is not None and p.is_inference()
+            else p) for n, p in m._parameters.items()}
+    c.__dict__["_buffers"] = {n: (b.clone() if b is not None and b.is_inference() else b)
+                              for n, b in m._buffers.items()}
+    c.__dict__["_modules"] = {n: (None if sub is None else _plain_module_copy(sub, memo))
+                              for n, sub in m._modules.items()}
+    return c
+
+
+def autograd_copy(base_model):
+    """``base_model`` (a ComfyUI ``BaseModel``) ready for backprop, without modifying it.
+
+    Weights loaded by the executor are inference tensors, which autograd cannot save for backward. The
+    result is a copy of ``base_model`` whose ``diffusion_model`` is a structural copy with those tensors cloned
+    (same values, ``requires_grad=False``: gradients are only taken w.r.t. latents); the rest (model sampling,
+    patcher, options) is shared. Call outside inference mode. Costs one transient copy of the UNet weights,
+    freed with the result; returns ``base_model`` itself when nothing needs cloning (e.g. a model built outside
+    inference mode).
+    """
+    dm = base_model.diffusion_model
+    if not _has_inference_tensors(dm):
+        return base_model
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("autograd_copy must be called outside torch.inference_mode")
+    b = copy.copy(base_model)
+    modules = dict(base_model._modules)
+    modules["diffusion_model"] = _plain_module_copy(dm, {})
+    b.__dict__["_modules"] = modules
+    return b
 
 
 def _find_guider(model):
@@ -368,7 +419,7 @@ class ComfyHost(EditHost):
         self.num_up_blocks = self.layout.num_up_blocks
         extra_args = {} if extra_args is None else extra_args
         self.model_options = install_hooks(extra_args.get("model_options", {}), self.hooks, self.layout)
-        self._safe = False
+        self._active = self.base  # the model the engine's own passes run on (a copy inside grad_context)
         self._model_id = None
 
     # -- identity --------------------------------------------------------------------------------------
@@ -394,8 +445,9 @@ class ComfyHost(EditHost):
 
     # -- EditHost ----------------------------------------------------------------------------------------
     def denoise_cond(self, x, sigma):
+        self.check_interrupt()
         s = self._sigma(sigma, x)
-        return comfy.samplers.calc_cond_batch(self.base, [self.positive()], x, s, self.model_options)[0]
+        return comfy.samplers.calc_cond_batch(self._active, [self.positive()], x, s, self.model_options)[0]
 
     def features(self, x, sigma, levels: Sequence[int]):
         levels = tuple(int(l) for l in levels)
@@ -403,10 +455,11 @@ class ComfyHost(EditHost):
         if bad:
             raise ValueError(f"feature levels {bad} cannot be captured on this MODEL: capturable decoder levels are "
                              f"{list(self.layout.capturable_levels)} (the last up block's output is not exposed)")
+        self.check_interrupt()
         s = self._sigma(sigma, x)
         with self.hooks.capturing(levels) as feats:
             try:
-                comfy.samplers.calc_cond_batch(self.base, [self.positive()], x, s, self.model_options)
+                comfy.samplers.calc_cond_batch(self._active, [self.positive()], x, s, self.model_options)
             except StopForward:
                 pass
             missing = [l for l in levels if l not in feats]
@@ -416,14 +469,34 @@ class ComfyHost(EditHost):
 
     @contextmanager
     def grad_context(self):
+        """Gradients through :meth:`denoise_cond` / :meth:`features`: they run on :func:`autograd_copy` of the
+        model for the duration of the block (the MODEL's own weights are never replaced)."""
         with torch.inference_mode(False), torch.enable_grad():
-            if not self._safe:
-                make_autograd_safe(self.base.diffusion_model)
-                self._safe = True
-            yield
+            outer = self._active
+            if outer is self.base:
+                self._active = autograd_copy(self.base)
+            try:
+                yield
+            finally:
+                self._active = outer
 
     def check_interrupt(self):
         comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+class _Interruptible:
+    """The k-diffusion denoiser the engine calls, checking for a user interrupt before every model call (the
+    engine's own loops check once per step; exact inversion, guidance and time travel make several calls)."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __call__(self, *args, **kwargs):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return self._model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
 
 
 def make_sampler(engine_fn: Callable, *, hooks: EditHooks | None = None, with_model_id: bool = False,
@@ -451,7 +524,7 @@ def make_sampler(engine_fn: Callable, *, hooks: EditHooks | None = None, with_mo
             opts.update(kw)
             if with_model_id:
                 opts["model_id"] = host.model_id
-            return engine_fn(model, x, sigmas, extra_args=args, callback=callback, disable=disable,
+            return engine_fn(_Interruptible(model), x, sigmas, extra_args=args, callback=callback, disable=disable,
                              hooks=h, host=host, **opts)
 
     return comfy.samplers.KSAMPLER(sampler_fn)

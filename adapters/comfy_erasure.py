@@ -1,15 +1,16 @@
-"""Concept erasure on a ComfyUI MODEL: UCE as reversible weight patches, SLD as a cfg function.
+"""Concept erasure on a ComfyUI MODEL: UCE as reversible weight patches, SLD as a post-CFG correction.
 
 * :func:`uce_patched_model` computes the closed-form UCE edit of every cross-attention K/V projection from
   the model's *current* weights (LoRAs and other patches included) and returns a clone carrying the
   differences as ``add_patches`` diffs: the user's MODEL and other branches are untouched, and removing the
   node restores the model exactly.
-* :func:`sld_model` returns a clone whose ``sampler_cfg_function`` applies Safe Latent Diffusion with one
-  extra conditional prediction for the safety concept per step.
+* :func:`sld_model` returns a clone that applies Safe Latent Diffusion with one extra conditional prediction
+  for the safety concept per step, as a ``sampler_post_cfg_function``: the SLD term is added to whatever
+  guidance produced the denoised estimate (plain CFG, or a cfg function another node set before or after this
+  one), so SLD composes with other guidance instead of replacing the MODEL's cfg function.
 """
 from __future__ import annotations
 
-import logging
 import re
 import uuid
 from typing import Callable, Sequence
@@ -20,15 +21,13 @@ import comfy.sampler_helpers
 import comfy.samplers
 import torch
 
-from ..guidance.sld import SLDConfig, SLDState, sld_guidance_sigma
+from ..guidance.sld import SLDConfig, SLDState, sld_correction_sigma
 from ..guidance.uce import concept_embedding, uce_deltas
 from ..samplers.schedule import match_step
 from .comfy_adapter import check_supported
 
 KV_KEY = re.compile(r"^diffusion_model\..*\.attn2\.to_[kv]\.weight$")
 _CHUNK = 8  # K/V projections per progress / interruption step
-
-log = logging.getLogger(__name__)
 
 
 def parse_concepts(text: str) -> list[str]:
@@ -168,22 +167,21 @@ def _prepare_safety(base, safety_cond: list, x: torch.Tensor) -> list:
 def sld_model(model, safety, config: SLDConfig):
     """A clone of ``model`` with Safe Latent Diffusion guidance away from the ``safety`` CONDITIONING.
 
-    Per step the cfg function gets the safety-concept prediction with one extra ``calc_cond_batch`` call and
-    applies :func:`sld_guidance_sigma`. The SLD state (momentum, step) lives in the sampling run's own
-    ``model_options`` copy, so every run (and every KSampler using the MODEL) starts fresh; it is also reset
-    if the sigma goes up inside a run. The step index comes from ``transformer_options["sample_sigmas"]``.
+    Per step a post-CFG function gets the safety-concept prediction with one extra ``calc_cond_batch`` call and
+    adds :func:`sld_correction_sigma` to the guided estimate (with plain CFG this is exactly SLD). Any cfg
+    function on the MODEL, set before or after this node, keeps working: SLD only adds its term after it. The
+    SLD state (momentum, step) lives in the sampling run's own ``model_options`` copy, so every run (and every
+    KSampler using the MODEL) starts fresh; it is also reset if the sigma goes up inside a run. The step index
+    comes from ``transformer_options["sample_sigmas"]``.
     """
     check_supported(model, "model")
     if config.guidance_scale == 0:
-        # gamma = 0, so psi = momentum_scale * nu with nu = 0 forever: exactly plain CFG; skip the extra call
+        # gamma = 0, so psi = momentum_scale * nu with nu = 0 forever: exactly plain guidance; skip the extra call
         return model.clone()
-    if model.model_options.get("sampler_cfg_function") is not None:
-        log.warning("DiffEditor Safe Guidance: the MODEL already has a cfg function (e.g. from another node); "
-                    "SLD replaces it")
     safety_cond = comfy.sampler_helpers.convert_cond(safety)
     run_key = f"diffeditor_sld_{uuid.uuid4().hex}"
 
-    def cfg_function(args):
+    def post_cfg_function(args):
         x, sigma, base, opts = args["input"], args["sigma"], args["model"], args["model_options"]
         s = float(sigma.flatten()[0])
         run = opts.get(run_key)
@@ -198,9 +196,9 @@ def sld_model(model, safety, config: SLDConfig):
             if i is not None:
                 state.step = i
         (safety_denoised,) = comfy.samplers.calc_cond_batch(base, [run["safety"]], x, sigma, opts)
-        return sld_guidance_sigma(x, sigma, args["cond_denoised"], args["uncond_denoised"], safety_denoised,
-                                  args["cond_scale"], config, state)
+        return args["denoised"] + sld_correction_sigma(x, sigma, args["cond_denoised"], args["uncond_denoised"],
+                                                       safety_denoised, args["cond_scale"], config, state)
 
     m = model.clone()
-    m.set_model_sampler_cfg_function(cfg_function, disable_cfg1_optimization=True)
+    m.set_model_sampler_post_cfg_function(post_cfg_function, disable_cfg1_optimization=True)
     return m

@@ -19,6 +19,7 @@ import comfy.utils
 from ..samplers.drag import optimize_drag
 from ..samplers.edit import sample_edit
 from ..samplers.hooks import KVBank, KVInjection
+from ..samplers.inpaint import sample_warp_inpaint
 from ..samplers.inversion import invert
 from ..samplers.sampling import sample_diffeditor
 from ..samplers.schedule import check_latent
@@ -111,6 +112,15 @@ def edit(model, positive, negative, trajectory: EditTrajectory, task, schedule, 
     """The edited latent (raw latent space) of one DiffEditor edit."""
     sampler = make_sampler(sample_edit, trajectory=trajectory, task=task, schedule=schedule, seed=seed, blend=blend,
                            with_model_id=True)
+    return sample(model, sampler, trajectory.sigmas, positive, negative, cfg, shape=trajectory.shape, seed=seed,
+                  progress_steps=trajectory.steps)
+
+
+def warp_inpaint(model, positive, negative, trajectory: EditTrajectory, warp, reference, *, strength: float,
+                 cfg: float, seed: int, grow: int) -> torch.Tensor:
+    """DiffEditor Warp & Inpaint: the warped source with only the uncovered area painted (raw latent space)."""
+    sampler = make_sampler(sample_warp_inpaint, trajectory=trajectory, warp=warp, strength=strength,
+                           reference=reference, seed=seed, grow=grow)
     return sample(model, sampler, trajectory.sigmas, positive, negative, cfg, shape=trajectory.shape, seed=seed,
                   progress_steps=trajectory.steps)
 

@@ -102,15 +102,17 @@ class DiffEditorPipeline:
         if bank_window is not None:
             budget = None if bank_budget_mb is None else int(bank_budget_mb * 2 ** 20)
             bank = KVBank(steps=bank_window.indices(steps), byte_budget=budget)
-        return invert(den, latent.to(self.device), sig, model_id=self.model_id,
-                      cond_fingerprint=tensor_fingerprint(den.cond), cfg=cfg, exact_iters=exact_iters,
-                      hooks=self.hooks, bank=bank, disable=self.disable, interrupt=self.interrupt)
+        with den.installed():
+            return invert(den, latent.to(self.device), sig, model_id=self.model_id,
+                          cond_fingerprint=tensor_fingerprint(den.cond), cfg=cfg, exact_iters=exact_iters,
+                          hooks=self.hooks, bank=bank, disable=self.disable, interrupt=self.interrupt)
 
     def reconstruct(self, trajectory: EditTrajectory, prompt, cfg: float = 1.0, negative=None) -> torch.Tensor:
         den = self.denoiser(prompt, negative, cfg)
         x = trajectory.z_T
-        return sample_diffeditor(den, x, trajectory.sigmas.to(x.device), trajectory=trajectory,
-                                 model_id=self.model_id, hooks=self.hooks, disable=self.disable)
+        with den.installed():
+            return sample_diffeditor(den, x, trajectory.sigmas.to(x.device), trajectory=trajectory,
+                                     model_id=self.model_id, hooks=self.hooks, disable=self.disable)
 
     def edit(self, trajectory: EditTrajectory, task: EditTask, prompt, negative=None, cfg: float = 4.0,
              schedule: EditSchedule | None = None, seed: int = 42, stats: EditStats | None = None,
@@ -123,6 +125,45 @@ class DiffEditorPipeline:
         den = self.denoiser(prompt, negative, cfg)
         host = DiffusersHost(den, interrupt=self.interrupt)
         x = trajectory.z_T
-        return sample_edit(den, x, trajectory.sigmas.to(x.device), host=host, hooks=self.hooks,
-                           trajectory=trajectory, task=task, schedule=schedule or preset_schedule(),
-                           seed=seed, model_id=self.model_id, stats=stats, blend=blend, disable=self.disable)
+        with den.installed():
+            return sample_edit(den, x, trajectory.sigmas.to(x.device), host=host, hooks=self.hooks,
+                               trajectory=trajectory, task=task, schedule=schedule or preset_schedule(),
+                               seed=seed, model_id=self.model_id, stats=stats, blend=blend, disable=self.disable)
+
+    def stable_edit(self, trajectory: EditTrajectory, task: EditTask, prompt, negative=None, cfg: float = 4.0,
+                    schedule: EditSchedule | None = None, seed: int = 42, threshold_db: float = 30.0,
+                    max_level: int = 3, stats: EditStats | None = None):
+        """:meth:`edit` with stability tracking (``samplers/stability.py``): while the edit changes the
+        source outside ``task.edit_mask`` by more than ``threshold_db`` allows, re-run it less aggressively
+        (gentler guidance and SDE, then the background locked, then the source kept outside). Returns
+        ``(latent, report)``."""
+        from ..samplers.stability import stable_edit
+
+        def run(sched, lock):
+            blend = TrajectoryAnchor(trajectory, task.edit_mask) if lock else None
+            return self.edit(trajectory, task, prompt, negative, cfg, sched, seed, stats, blend)
+
+        return stable_edit(run, schedule or preset_schedule(), trajectory.x0, task.edit_mask, threshold_db,
+                           max_level)
+
+    def edit_pack(self, trajectory: EditTrajectory, task: EditTask, spec, prompt, negative=None, cfg: float = 4.0,
+                  seed: int = 42, object_mask=None, stats: EditStats | None = None) -> torch.Tensor:
+        """The pack's ``DiffEditor+`` preset (``samplers/pack.py``): per task the measured-best plan.
+        ``spec`` is the task's pixel-space spec (it places the warp); ``object_mask``: for a drag, the
+        region that moves (default: the spec's mask, else a disc around each handle)."""
+        from ..guidance.warp import warp_for_spec
+        from ..samplers.pack import pack_plan, sample_pack
+
+        plan = pack_plan(task.task)
+        warp = None
+        if plan.method == "warp":
+            warp = warp_for_spec(spec, tuple(trajectory.shape[-2:]), self.pixels_per_latent, object_mask=object_mask)
+        den = self.denoiser(prompt, negative, cfg)
+        host = DiffusersHost(den, interrupt=self.interrupt)
+        x = trajectory.z_T
+        with den.installed():
+            out = sample_pack(den, x, trajectory.sigmas.to(x.device), host=host, hooks=self.hooks,
+                              trajectory=trajectory, task=task, plan=plan, warp=warp, seed=seed,
+                              model_id=self.model_id, stats=stats, disable=self.disable)
+        self.last_calls = den.calls  # UNet calls of this edit (CFG batches count once)
+        return out

@@ -44,18 +44,20 @@ def sample_captions(vae, unet, text_encoder, tokenizer, alphas_cumprod, captions
     sig = ddim_sigmas(steps, alphas_cumprod)
     size = int(unet.config.sample_size)
     chans = int(unet.config.in_channels)
-    gen = torch.Generator().manual_seed(seed)
+    device = next(unet.parameters()).device
+    gen = torch.Generator().manual_seed(seed)  # the noise is drawn on the CPU whatever the device
     sf = float(vae.config.scaling_factor)
     out = []
     for i in range(0, len(captions), batch):
         caps = list(captions[i:i + batch])
-        cond = text_encoder(tokenizer(caps))
-        uncond = text_encoder(tokenizer([""]))
+        cond = text_encoder(tokenizer(caps).to(device))
+        uncond = text_encoder(tokenizer([""]).to(device))
         den = DiffusersDenoiser(unet, cond, uncond, cfg=cfg, alphas_cumprod=alphas_cumprod)
-        x = torch.randn(len(caps), chans, size, size, generator=gen) * sig[0]
-        z = sample_diffeditor(den, x, sig, disable=True)
+        x = (torch.randn(len(caps), chans, size, size, generator=gen) * sig[0]).to(device)
+        with den.installed():
+            z = sample_diffeditor(den, x, sig.to(device), disable=True)
         img = vae.decode(z / sf).sample
-        out.append(((img + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy())
+        out.append(((img + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -125,13 +127,15 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights", default=str(ROOT / "models" / "demo" / "weights"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from ..models.demo.load import load_demo
 
-    summary, rows, imgs = evaluate(load_demo(a.weights), a.n, a.steps, a.cfg, a.seed)
+    summary, rows, imgs = evaluate(load_demo(a.weights, device=a.device), a.n, a.steps, a.cfg, a.seed)
     summary["weights"] = pathlib.Path(a.weights).name
+    summary["device"] = a.device
     out = pathlib.Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1))

@@ -11,9 +11,11 @@ Tasks: move, resize, drag (rigid drags: every handle moves by the same vector, s
 appearance, paste, erase. Methods: ``baseline`` (latent copy-paste at the clean level + SDEdit
 harmonisation at strength 0.5, locked to the source trajectory outside the edit mask), ``dragondiffusion``,
 ``diffeditor`` and its ablations ``diffeditor_no_sde``, ``diffeditor_no_timetravel``,
-``diffeditor_global_guidance``, ``diffeditor_no_kv``, and ``diffeditor_anchored`` (the preset with the
-pack's trajectory-anchored blending outside the edit mask, the lock the baseline gets too); drag adds
-``dragloss`` when the drag optimiser is available. Erase compares ``baseline`` (regenerate from the
+``diffeditor_global_guidance``, ``diffeditor_no_kv``, ``diffeditor_anchored`` (the preset with the
+pack's trajectory-anchored blending outside the edit mask, the lock the baseline gets too), and
+``warp_inpaint`` (move/resize/drag/paste: the object warped on the latent grid, only the uncovered hole
+painted, ``samplers/inpaint.py``); drag adds ``dragloss`` (DragDiffusion) and ``aldd`` (GoodDrag's
+alternating drag and denoising) when the drag optimiser is available. Erase compares ``baseline`` (regenerate from the
 inverted z_T with the concept dropped from the prompt), ``uce`` (closed-form erasure of the colour word)
 and ``sld`` (safe guidance away from it). The demo model has no image encoder, so DiffEditor's image
 prompt is off in every method.
@@ -55,7 +57,11 @@ from .detector import detect  # noqa: E402
 
 TASKS = ("move", "resize", "drag", "appearance", "paste", "erase")
 EDIT_METHODS = ("baseline", "dragondiffusion", "diffeditor", "diffeditor_no_sde", "diffeditor_no_timetravel",
-                "diffeditor_global_guidance", "diffeditor_no_kv", "diffeditor_anchored")
+                "diffeditor_global_guidance", "diffeditor_no_kv", "diffeditor_anchored", "warp_inpaint", "pack")
+#: methods that only apply to some tasks (the others run on every edit task)
+METHOD_TASKS = {"warp_inpaint": ("move", "resize", "drag", "paste"), "aldd": ("drag",)}
+#: warp_inpaint: the share of the schedule it samples (the hole is painted from this level down)
+WARP_STRENGTH = 0.5
 ERASE_METHODS = ("baseline", "uce", "sld")
 SCHEDULE_TASK = {"move": "move", "resize": "move", "drag": "drag", "appearance": "appearance", "paste": "paste"}
 CASE_KIND = {"move": "move", "resize": "resize", "drag": "drag_move", "appearance": "appearance",
@@ -171,6 +177,34 @@ def run_guided(pipe, traj, task, prompt, cfg, method, task_name, seed) -> tuple[
     return out, nfe
 
 
+def _object_mask(case):
+    """The region a user paints for a drag's warp: the object grown by 2 px (None for other tasks)."""
+    if case.kind != "drag_move":
+        return None
+    return torch.from_numpy(_dilate(case.source_mask, 2).astype(np.float32))
+
+
+def run_warp_inpaint(pipe, traj, task, case, prompt, cfg, seed) -> tuple[torch.Tensor, int]:
+    """The fast path: warp the object on the latent grid, paint only the uncovered hole (no guidance). For a
+    drag the region that moves is the object as the user would paint it (its mask grown by 2 px)."""
+    from ..guidance.warp import warp_for_spec
+    from ..samplers.inpaint import sample_warp_inpaint
+
+    warp = warp_for_spec(make_spec(case), tuple(traj.shape[-2:]), pipe.pixels_per_latent,
+                         object_mask=_object_mask(case))
+    den = pipe.denoiser(prompt, None, cfg)
+    with den.installed():
+        out = sample_warp_inpaint(den, traj.x0, traj.sigmas.to(traj.x0.device), trajectory=traj, warp=warp,
+                                  strength=WARP_STRENGTH, reference=task.reference, seed=seed, disable=True)
+    return out, den.calls
+
+
+def run_pack(pipe, traj, task, case, prompt, cfg, seed) -> tuple[torch.Tensor, int]:
+    """The pack's DiffEditor+ preset (samplers/pack.py) through the headless pipeline."""
+    out = pipe.edit_pack(traj, task, make_spec(case), prompt, cfg=cfg, seed=seed, object_mask=_object_mask(case))
+    return out, pipe.last_calls
+
+
 def run_dragloss(pipe, traj, task, case, prompt, seed) -> tuple[torch.Tensor, int]:
     from ..adapters.diffusers_adapter import DiffusersHost
     from ..samplers.drag import optimize_drag
@@ -189,6 +223,29 @@ def run_dragloss(pipe, traj, task, case, prompt, seed) -> tuple[torch.Tensor, in
     part = sliced(traj, k)
     out = sample_diffeditor(den, x_opt, sig[k:], disable=True, seed=seed)
     del part
+    return out, den.calls
+
+
+def run_aldd(pipe, traj, case, prompt, seed) -> tuple[torch.Tensor, int]:
+    """GoodDrag's alternating drag and denoising from strength 0.75, its radii and step scaled from its
+    512-px setting to the image (at least one cell), then plain conditional DDIM (cfg 1, as GoodDrag)."""
+    from ..adapters.diffusers_adapter import DiffusersHost
+    from ..samplers.drag import ALDD_DEFAULTS, alternating_drag, strength_step
+
+    n = traj.steps
+    h, w = case.source.height, case.source.width
+    k = strength_step(n, ALDD_DEFAULTS["strength"])
+    sig = traj.sigmas.to(traj.x0.device)
+    den = pipe.denoiser(prompt, None, 1.0)
+    f = w / 512
+    opts = {k_: v for k_, v in ALDD_DEFAULTS.items() if k_ != "strength"}
+    opts.update(r_m=max(1, round(4 * f)), r_p=max(1, round(12 * f)), beta=max(1.0, 4 * f))
+    with den.installed():
+        x, step, _, _ = alternating_drag(
+            DiffusersHost(den), traj, sig, k, [tuple(map(float, p)) for p in case.handles],
+            [tuple(map(float, p)) for p in case.targets],
+            mask=torch.from_numpy(_dilate(case.edit_region, 4).astype(np.float32)), image_size=(h, w), **opts)
+        out = sample_diffeditor(den, x, sig[step:], disable=True, seed=seed)
     return out, den.calls
 
 
@@ -232,17 +289,36 @@ def run_erase(pipe, tok, te, traj, case, method, cfg, seed) -> tuple[torch.Tenso
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def make_case(task: str, seed: int):
+#: the tasks each scene family is scored on (``plain``: the original benchmark)
+FAMILY_TASKS = {"plain": TASKS, "shadow": ("move", "resize", "drag", "paste"),
+                "light": ("move", "resize", "drag", "paste"), "stripes": ("move", "resize", "drag", "paste"),
+                "occlusion": ("move",)}
+
+
+def make_case(task: str, seed: int, family: str = "plain"):
+    """The benchmark's edit ``task`` on scene ``seed``. ``family`` (``scenes.FAMILIES``) adds shadows, a light
+    gradient or background stripes to the same scenes and edits (drawn from a separate generator), or makes
+    the move an occluding one (the object ends partly behind or in front of another)."""
+    if task not in FAMILY_TASKS.get(family, ()):
+        raise ValueError(f"family {family!r} has no {task!r} case; its tasks are {FAMILY_TASKS.get(family)}")
     rng = np.random.default_rng(10_000 + seed)
+    frng = np.random.default_rng(20_000 + seed)
+    effects = scenes.family_effects(family, frng)
     for s in range(seed * 101, seed * 101 + 100):
-        scene = scenes.make_scene(s)
+        if family == "occlusion":
+            scene = scenes.make_scene(s, n_objects=2)
+            case = scenes.occlude(scene, 0, 1, behind=bool(frng.integers(2)), rng=frng)
+            if case is not None:
+                return case
+            continue
+        scene = scenes.with_effects(scenes.make_scene(s), effects)
         if task == "erase":
             return scenes.remove(scene, scene.objects[int(rng.integers(len(scene.objects)))].color)
-        ref = scenes.make_scene(s + 50_000) if task in ("paste", "appearance") else None
+        ref = scenes.with_effects(scenes.make_scene(s + 50_000), effects) if task in ("paste", "appearance") else None
         case = scenes.random_edit(scene, CASE_KIND[task], rng, ref=ref)
         if case is not None:
             return case
-    raise RuntimeError(f"no valid {task} case for seed {seed}")
+    raise RuntimeError(f"no valid {task} case for seed {seed} (family {family})")
 
 
 def load_pipeline(weights, random_weights: bool):
@@ -270,7 +346,8 @@ def reconstruction_psnr(pipe, case, steps: int, z=None, traj=None) -> dict:
 
 
 def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROOT / "models" / "demo" / "weights",
-               random_weights=False, recon_n=8, log=print, checkpoint=None) -> tuple[dict, dict, dict]:
+               random_weights=False, recon_n=8, log=print, checkpoint=None,
+               family: str = "plain") -> tuple[dict, dict, dict]:
     """Score the scenes ``seed + i`` for ``i`` in ``indices``: (per-scene rows, reconstruction PSNRs, grids).
 
     Rows are ``{task: {method: [metrics, ...]}}`` in the order of ``indices`` (each with its ``scene``
@@ -283,7 +360,7 @@ def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROO
     recon = {"ddim": [], "exact": []}
     for i in indices:
         for task in tasks:
-            case = make_case(task, seed + i)
+            case = make_case(task, seed + i, family)
             src = torch.from_numpy(case.source_image)[None]
             z = pipe.encode_image(src)
             t0 = time.time()
@@ -296,9 +373,10 @@ def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROO
             if task == "erase":
                 names = [m for m in ERASE_METHODS if methods is None or m in methods]
             else:
-                names = [m for m in EDIT_METHODS if methods is None or m in methods]
-                if task == "drag" and dragloss_available() and (methods is None or "dragloss" in methods):
-                    names.append("dragloss")
+                names = [m for m in EDIT_METHODS if (methods is None or m in methods)
+                         and task in METHOD_TASKS.get(m, (task,))]
+                if task == "drag" and dragloss_available():
+                    names += [m for m in ("dragloss", "aldd") if methods is None or m in methods]
                 ref_traj = None
                 if task in ("appearance", "paste"):
                     zr = pipe.encode_image(torch.from_numpy(case.ref_image)[None])
@@ -314,6 +392,12 @@ def run_scenes(indices, seed=0, steps=50, tasks=TASKS, methods=None, weights=ROO
                     out, nfe = run_baseline(pipe, traj, edit_task, case.prompt, cfg, seed + i)
                 elif m == "dragloss":
                     out, nfe = run_dragloss(pipe, traj, edit_task, case, case.prompt, seed + i)
+                elif m == "aldd":
+                    out, nfe = run_aldd(pipe, traj, case, case.prompt, seed + i)
+                elif m == "pack":
+                    out, nfe = run_pack(pipe, traj, edit_task, case, case.prompt, cfg, seed + i)
+                elif m == "warp_inpaint":
+                    out, nfe = run_warp_inpaint(pipe, traj, edit_task, case, case.prompt, cfg, seed + i)
                 else:
                     out, nfe = run_guided(pipe, traj, edit_task, case.prompt, cfg, m, task, seed + i)
                 secs = time.time() - t1
@@ -344,24 +428,44 @@ def _model_name(weights, random_weights: bool) -> str:
     return "demo (random weights)" if random_weights else f"demo ({pathlib.Path(weights).name})"
 
 
-def summarize(per: dict, recon: dict, seed: int, n: int, steps: int, model: str) -> dict:
-    def mean(rows, k):
-        return float(np.mean([r[k] for r in rows]))
+#: an edit *fails* when its object is not found or its error (point error for drag, centroid error for the
+#: other object tasks) exceeds this many pixels: a quarter of the 64-px canvas, i.e. the object is elsewhere
+FAIL_PX = 16.0
+PRIMARY_ERROR = {"move": "centroid_err_px", "resize": "centroid_err_px", "drag": "point_err_px",
+                 "appearance": "centroid_err_px", "paste": "centroid_err_px"}
 
-    means = {t: {m: {k: mean(rows, k) for k in rows[0] if k != "scene"} for m, rows in ms.items()}
-             for t, ms in per.items()}
-    return {"model": model, "seed": seed, "n": n, "steps": steps,
+
+def failed(row: dict, task: str) -> bool:
+    """Object lost (scored with the image diagonal as its error) or its error above :data:`FAIL_PX`."""
+    return float(row[PRIMARY_ERROR[task]]) > FAIL_PX
+
+
+def task_stats(rows: list[dict], task: str) -> dict:
+    """Mean and median of every metric over the scenes (``<metric>_median``), and the failure rate (object
+    tasks): one lost object moves a mean by metres but a median by nothing, so rankings read all three."""
+    keys = [k for k in rows[0] if k != "scene"]
+    out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    out.update({f"{k}_median": float(np.median([r[k] for r in rows])) for k in keys})
+    if task in PRIMARY_ERROR:
+        out["fail_rate"] = float(np.mean([failed(r, task) for r in rows]))
+    return out
+
+
+def summarize(per: dict, recon: dict, seed: int, n: int, steps: int, model: str) -> dict:
+    stats = {t: {m: task_stats(rows, t) for m, rows in ms.items()} for t, ms in per.items()}
+    return {"model": model, "seed": seed, "n": n, "steps": steps, "fail_px": FAIL_PX,
             "reconstruction": {k: {"psnr": float(np.mean(v)) if v else None, "scenes": len(v)}
                                for k, v in recon.items()},
-            "tasks": means}
+            "tasks": stats}
 
 
 def run(seed=0, n=32, steps=50, tasks=TASKS, methods=None, weights=ROOT / "models" / "demo" / "weights",
-        random_weights=False, recon_n=8, log=print, jobs=1, threads=1, checkpoint=None) -> tuple[dict, dict, dict]:
+        random_weights=False, recon_n=8, log=print, jobs=1, threads=1, checkpoint=None,
+        family: str = "plain") -> tuple[dict, dict, dict]:
     """Every task x method on N scenes; ``jobs`` > 1 splits the scenes over that many processes (the
     per-scene values do not depend on the split: each scene is seeded by its own index)."""
     kw = dict(seed=seed, steps=steps, tasks=tasks, methods=methods, weights=weights,
-              random_weights=random_weights, recon_n=recon_n)
+              random_weights=random_weights, recon_n=recon_n, family=family)
     if jobs <= 1:
         per, recon, grids = run_scenes(range(n), log=log, checkpoint=checkpoint, **kw)
     else:
@@ -384,11 +488,13 @@ def run(seed=0, n=32, steps=50, tasks=TASKS, methods=None, weights=ROOT / "model
                 rows.sort(key=lambda r: r["scene"])
         grids = parts[0][2]  # shard 0 holds scene 0
     model = _model_name(weights, random_weights)
-    return summarize(per, recon, seed, n, steps, model), per, grids
+    summary = summarize(per, recon, seed, n, steps, model)
+    summary["family"] = family
+    return summary, per, grids
 
 
 def from_checkpoints(paths, seed=0, steps=50, tasks=TASKS, weights=ROOT / "models" / "demo" / "weights",
-                     random_weights=False, recon_n=8, log=print) -> tuple[dict, dict, dict]:
+                     random_weights=False, recon_n=8, log=print, family: str = "plain") -> tuple[dict, dict, dict]:
     """Rebuild a run from ``--checkpoint`` JSONL files (e.g. of a run that was stopped): the scenes that
     finished every task count (N = their number), the reconstruction PSNR is measured anew on the first
     ``recon_n`` of them; no picture grid."""
@@ -409,11 +515,12 @@ def from_checkpoints(paths, seed=0, steps=50, tasks=TASKS, weights=ROOT / "model
     pipe, _, _ = load_pipeline(weights, random_weights)
     recon = {"ddim": [], "exact": []}
     for i in scenes_ok[:recon_n]:
-        for k, v in reconstruction_psnr(pipe, make_case("move", seed + i), steps).items():
+        for k, v in reconstruction_psnr(pipe, make_case("move", seed + i, family), steps).items():
             recon[k].append(v)
     model = _model_name(weights, random_weights)
     summary = summarize(per, recon, seed, len(scenes_ok), steps, model)
     summary["scenes"] = scenes_ok
+    summary["family"] = family
     log(f"[editbench] {len(scenes_ok)} complete scenes from {len(paths)} checkpoint file(s)")
     return summary, per, {}
 
@@ -426,14 +533,25 @@ def write_outputs(out: pathlib.Path, summary: dict, per: dict, grids: dict) -> N
     out.with_suffix(".scenes.json").write_text(json.dumps(per, indent=1))
     keys = ("centroid_err_px", "iou", "point_err_px", "color_err", "bg_psnr", "gt_psnr", "concept_rate",
             "collateral", "seconds", "nfe")
-    lines = [f"Edit benchmark — model {summary['model']}, seed {summary['seed']}, N={summary['n']}, "
+    fam = summary.get("family", "plain")
+    lines = [f"Edit benchmark — model {summary['model']}, "
+             + ("" if fam == "plain" else f"scene family {fam}, ") + f"seed {summary['seed']}, N={summary['n']}, "
              f"{summary['steps']} steps. Reconstruction PSNR: DDIM {summary['reconstruction']['ddim']['psnr']}, "
              f"exact {summary['reconstruction']['exact']['psnr']}.", ""]
+    lines += ["Each cell: mean (median) over the scenes; fail_rate: object lost or error above "
+              f"{summary.get('fail_px', FAIL_PX):g} px.", ""]
     for task, ms in summary["tasks"].items():
         cols = [k for k in keys if any(k in v for v in ms.values())]
+        cols += ["fail_rate"] if any("fail_rate" in v for v in ms.values()) else []
+
+        def cell(v, k):
+            if k not in v:
+                return ""
+            med = v.get(f"{k}_median")
+            return f"{v[k]:.3f}" if med is None or k in ("seconds", "nfe") else f"{v[k]:.3f} ({med:.3f})"
         lines += [f"### {task}", "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for m, v in ms.items():
-            lines.append(f"| {m} | " + " | ".join(f"{v[k]:.3f}" if k in v else "" for k in cols) + " |")
+            lines.append(f"| {m} | " + " | ".join(cell(v, k) for k in cols) + " |")
         lines.append("")
     out.with_suffix(".md").write_text("\n".join(lines))
     if not grids:
@@ -454,7 +572,9 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--tasks", default="", help="comma list (default: every task of the family)")
+    ap.add_argument("--family", default="plain", choices=scenes.FAMILIES,
+                    help="scene family: shadows, a light gradient, background stripes or occluding moves")
     ap.add_argument("--methods", default="", help="comma list (default: all)")
     ap.add_argument("--weights", default=str(ROOT / "models" / "demo" / "weights"))
     ap.add_argument("--random-weights", action="store_true")
@@ -464,19 +584,31 @@ def main(argv=None):
                     "(one file per job: PATH.K)")
     ap.add_argument("--from-checkpoints", default="", help="comma list of checkpoint files: summarise them "
                     "instead of running (the scenes that finished every task)")
+    ap.add_argument("--resummarize", default="", help="an earlier run's PATH.json: recompute its statistics "
+                    "from PATH.scenes.json (no model calls; its picture grid is kept) and write them to --out")
     a = ap.parse_args(argv)
+    if a.resummarize:
+        old = json.loads(pathlib.Path(a.resummarize).read_text())
+        per = json.loads(pathlib.Path(a.resummarize).with_suffix(".scenes.json").read_text())
+        recon = {k: [v["psnr"]] * v["scenes"] if v["psnr"] is not None else [] for k, v in old["reconstruction"].items()}
+        summary = summarize(per, recon, old["seed"], old["n"], old["steps"], old["model"])
+        write_outputs(pathlib.Path(a.out), summary, per, {})
+        print(pathlib.Path(a.out).with_suffix(".md").read_text())
+        return
     torch.set_num_threads(a.threads)
-    tasks = tuple(t for t in a.tasks.split(",") if t)
-    bad = sorted(set(tasks) - set(TASKS))
+    tasks = tuple(t for t in a.tasks.split(",") if t) or FAMILY_TASKS[a.family]
+    bad = sorted(set(tasks) - set(FAMILY_TASKS[a.family]))
     if bad:
-        raise SystemExit(f"--tasks: unknown {bad}; expected some of {TASKS}")
+        raise SystemExit(f"--tasks: {bad} not available; the {a.family} family has {FAMILY_TASKS[a.family]}")
     methods = tuple(m for m in a.methods.split(",") if m) or None
     if a.from_checkpoints:
         summary, per, grids = from_checkpoints([c for c in a.from_checkpoints.split(",") if c], a.seed, a.steps,
-                                               tasks, pathlib.Path(a.weights), a.random_weights)
+                                               tasks, pathlib.Path(a.weights), a.random_weights,
+                                               family=a.family)
     else:
         summary, per, grids = run(a.seed, a.n, a.steps, tasks, methods, pathlib.Path(a.weights),
-                                  a.random_weights, jobs=a.jobs, threads=a.threads, checkpoint=a.checkpoint)
+                                  a.random_weights, jobs=a.jobs, threads=a.threads, checkpoint=a.checkpoint,
+                                  family=a.family)
     write_outputs(pathlib.Path(a.out), summary, per, grids)
     print(pathlib.Path(a.out).with_suffix(".md").read_text())
 

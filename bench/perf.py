@@ -14,6 +14,7 @@ Timings do not depend on the weight values, so random weights are used (fixed se
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import pathlib
 import platform
@@ -34,7 +35,8 @@ if __package__ in (None, ""):
 from ..adapters.diffusers_adapter import DiffusersDenoiser, DiffusersHost, model_id  # noqa: E402
 from ..guidance.energies import TASK_DEFAULTS  # noqa: E402
 from ..guidance.tasks import AppearanceSpec, DragSpec, MoveSpec, PasteSpec, make_task  # noqa: E402
-from ..samplers.edit import EditStats, preset_schedule, sample_edit  # noqa: E402
+from ..guidance.regional import loss_scale_for  # noqa: E402
+from ..samplers.edit import EditStats, energy_gradient, preset_schedule, sample_edit  # noqa: E402
 from ..samplers.hooks import EditHooks, KVBank, default_feature_levels  # noqa: E402
 from ..samplers.inversion import invert  # noqa: E402
 from ..samplers.sampling import sample_diffeditor  # noqa: E402
@@ -78,8 +80,72 @@ def build_unet(name: str, device, dtype):
 
         unet = build_random(0)[1]
     else:
-        unet = UNet2DConditionModel(**CONFIGS[name])
+        with torch.device(device):  # initialised where it will run (an SDXL UNet's CPU init takes minutes)
+            unet = UNet2DConditionModel(**CONFIGS[name])
     return unet.to(device=device, dtype=dtype).eval()
+
+
+def conditioning(name: str, unet, device, dtype, g: torch.Generator | None = None):
+    """Random (cond, uncond, added_cond_kwargs) of the model's context shape (drawn from ``g``, default seed 0)."""
+    ctx_len, ctx_dim = (16, unet.config.cross_attention_dim) if name == "demo" else CONTEXT[name]
+    g = torch.Generator().manual_seed(0) if g is None else g
+    cond = torch.randn(1, ctx_len, ctx_dim, generator=g).to(device, dtype)
+    uncond = torch.randn(1, ctx_len, ctx_dim, generator=g).to(device, dtype)
+    added = None
+    if name == "sdxl":
+        added = {"text_embeds": torch.zeros(1, 1280, device=device, dtype=dtype),
+                 "time_ids": torch.tensor([[1024, 1024, 0, 0, 1024, 1024]], device=device, dtype=dtype)}
+    return cond, uncond, added
+
+
+def guidance_gradient(unet, cond, added, x_src, x, sigma, task, loss_scale: float, alphas_cumprod=None):
+    """The DiffEditor guidance gradient (regional energies, fp32 result) of ``unet`` at ``x``, ``sigma``,
+    with reference features of ``x_src`` (the source latent at the same sigma)."""
+    den = DiffusersDenoiser(unet, cond, hooks=EditHooks(), added_cond_kwargs=added, alphas_cumprod=alphas_cumprod)
+    host = DiffusersHost(den)
+    levels = default_feature_levels(host.num_up_blocks)
+    with torch.no_grad():
+        ref = {k: v.detach().float() for k, v in host.features(x_src, sigma, levels).items()}
+    grad, _ = energy_gradient(host, task, x, sigma, levels, ref, None, True, None, loss_scale)
+    return grad
+
+
+def gradient_precision(name: str, unet32, device, dtypes=(torch.float16, torch.bfloat16), steps: int = 50) -> dict:
+    """Relative L2 error (and share of exact zeros) of the half-precision guidance gradient against fp32 on
+    the same weights, with the pack's loss scale and without it (the pre-fix behaviour), at three steps."""
+    lat_hw = (int(unet32.config.sample_size),) * 2
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(1, 4, *lat_hw, generator=g).to(device)
+    noise = torch.randn(1, 4, *lat_hw, generator=g).to(device)
+    sig = ddim_sigmas(steps).to(device)
+    task = make_task(make_specs(*lat_hw)["move"], x0)
+    sched = preset_schedule("DiffEditor", "move")
+    ls = loss_scale_for(sched.kappa * sched.energy_scale)
+    out = {"loss_scale": ls, "task": "move", "steps": {}}
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # a true fp32 reference
+    try:
+        halves = {dt: copy.deepcopy(unet32).to(dtype=dt) for dt in dtypes}
+        for i in (5, steps // 2, int(steps * 0.8)):
+            s = sig[i:i + 1]
+            xs, xe = x0 * s, x0 * s + 0.3 * s * noise
+            row = {}
+            c32, _, a32 = conditioning(name, unet32, device, torch.float32)
+            ref = guidance_gradient(unet32, c32, a32, xs, xe, s, task, ls)
+            row["fp32_abs_mean"] = float(ref.abs().mean())
+            for dt, u in halves.items():
+                c, _, a = conditioning(name, u, device, dt)
+                for tag, scale in (("scaled", ls), ("unscaled", 1.0)):
+                    gh = guidance_gradient(u, c, a, xs, xe, s, task, scale)
+                    key = f"{str(dt).replace('torch.', '')}_{tag}"
+                    row[key] = {"rel_l2": float((gh - ref).norm() / ref.norm()),
+                                "zero_frac": float((gh == 0).float().mean()),
+                                "cos": float(torch.nn.functional.cosine_similarity(gh.flatten(), ref.flatten(), 0))}
+            out["steps"][str(i)] = row
+        del halves
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    return out
 
 
 def make_specs(h: int, w: int):
@@ -125,17 +191,11 @@ def unit_costs(unet, den: DiffusersDenoiser, host: DiffusersHost, x, sigma, leve
     return {"cfg_forward": cfg, "cond_forward": single, "feature_forward": feat, "guidance_eval": grad}
 
 
-def bench_model(name: str, device, dtype, steps: int, tasks, reps: int, hw=None) -> dict:
-    unet = build_unet(name, device, dtype)
+def bench_model(name: str, device, dtype, steps: int, tasks, reps: int, hw=None, unet=None) -> dict:
+    unet = build_unet(name, device, dtype) if unet is None else unet
     lat_hw = hw or (int(unet.config.sample_size),) * 2  # the demo: its latent size (16x16); SD: the config's
-    ctx_len, ctx_dim = (16, unet.config.cross_attention_dim) if name == "demo" else CONTEXT[name]
     g = torch.Generator().manual_seed(0)
-    cond = torch.randn(1, ctx_len, ctx_dim, generator=g).to(device, dtype)
-    uncond = torch.randn(1, ctx_len, ctx_dim, generator=g).to(device, dtype)
-    added = None
-    if name == "sdxl":
-        added = {"text_embeds": torch.zeros(1, 1280, device=device, dtype=dtype),
-                 "time_ids": torch.tensor([[1024, 1024, 0, 0, 1024, 1024]], device=device, dtype=dtype)}
+    cond, uncond, added = conditioning(name, unet, device, dtype, g)
     x0 = torch.randn(1, 4, *lat_hw, generator=g).to(device)
     x0r = torch.randn(1, 4, *lat_hw, generator=g).to(device)
     sig = ddim_sigmas(steps).to(device)
@@ -147,28 +207,35 @@ def bench_model(name: str, device, dtype, steps: int, tasks, reps: int, hw=None)
     levels = default_feature_levels(host.num_up_blocks)
     out = {"model": name, "params_M": sum(p.numel() for p in unet.parameters()) / 1e6,
            "latent": list(lat_hw), "dtype": str(dtype).replace("torch.", ""), "steps": steps, "cfg": cfg_scale}
-    if device.type == "cuda":
+    if device.type == "cuda":  # this model's weights + working memory (other models held by the run excluded)
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        vram_base = torch.cuda.memory_allocated() - sum(t.numel() * t.element_size()
+                                                         for t in list(unet.parameters()) + list(unet.buffers()))
     rss0 = peak_rss_mb()
 
     # plain sampling of the same model and steps (deterministic DDIM, CFG) for the ratio
     sync(device)
     t = time.perf_counter()
-    sample_diffeditor(den, x0 * float(sig[0]), sig, disable=True)
+    with den.installed():
+        sample_diffeditor(den, x0 * float(sig[0]), sig, disable=True)
     sync(device)
     out["plain_sampling_s"] = time.perf_counter() - t
 
     sync(device)
     t = time.perf_counter()
-    traj = invert(inv, x0, sig, model_id=model_id(unet), hooks=hooks, bank=KVBank(steps=range(steps)), disable=True)
+    with inv.installed():
+        traj = invert(inv, x0, sig, model_id=model_id(unet), hooks=hooks, bank=KVBank(steps=range(steps)),
+                      disable=True)
     sync(device)
     out["inversion_s"] = time.perf_counter() - t
     out["inversion_nfe"] = traj.model_calls
     out["kv_bank_bytes"] = traj.bank.nbytes
     ref = invert(inv, x0r, sig, model_id=model_id(unet), hooks=hooks, bank=KVBank(steps=range(steps)), disable=True)
 
-    units = unit_costs(unet, den, host, x0 * float(sig[steps // 2]), sig[steps // 2:steps // 2 + 1].expand(1),
-                       levels, device, reps)
+    with den.installed():
+        units = unit_costs(unet, den, host, x0 * float(sig[steps // 2]), sig[steps // 2:steps // 2 + 1].expand(1),
+                           levels, device, reps)
     out["unit_seconds"] = units
     specs = make_specs(*lat_hw)
     out["tasks"] = {}
@@ -179,8 +246,9 @@ def bench_model(name: str, device, dtype, steps: int, tasks, reps: int, hw=None)
         sched = preset_schedule("DiffEditor", task_name)
         sync(device)
         t = time.perf_counter()
-        sample_edit(den, x0, sig, host=host, hooks=hooks, trajectory=traj, task=task, schedule=sched, seed=42,
-                    model_id=model_id(unet), stats=stats, disable=True)
+        with den.installed():
+            sample_edit(den, x0, sig, host=host, hooks=hooks, trajectory=traj, task=task, schedule=sched, seed=42,
+                        model_id=model_id(unet), stats=stats, disable=True)
         sync(device)
         wall = time.perf_counter() - t
         unet_s = (stats.cfg_forwards * units["cfg_forward"] + stats.guidance_evals * units["guidance_eval"]
@@ -194,7 +262,7 @@ def bench_model(name: str, device, dtype, steps: int, tasks, reps: int, hw=None)
     out["peak_rss_mb"] = peak_rss_mb()
     out["peak_rss_growth_mb"] = out["peak_rss_mb"] - rss0
     if device.type == "cuda":
-        out["peak_vram_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        out["peak_vram_mb"] = (torch.cuda.max_memory_allocated() - vram_base) / 2 ** 20
     return out
 
 
@@ -203,28 +271,64 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--models", default="demo,thin_sd15")
-    ap.add_argument("--gpu-archs", action="store_true", help="also SD1.5 512² and SDXL 1024² in fp16 (GPU)")
+    ap.add_argument("--models", default="demo,thin_sd15", help="models timed in fp32")
+    ap.add_argument("--gpu-archs", action="store_true",
+                    help="also SD1.5 512² and SDXL 1024² in each of --gpu-dtypes, with --precision (GPU)")
+    ap.add_argument("--gpu-dtypes", default="fp16,bf16")
+    ap.add_argument("--precision", action="store_true",
+                    help="guidance gradient of fp16/bf16 copies against fp32 on the same weights")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="start no new model run after this many seconds (the rest is listed as skipped)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    t_start = time.perf_counter()
     device = torch.device(a.device)
     tasks = [t for t in a.tasks.split(",") if t]
-    runs = [(m, torch.float32) for m in a.models.split(",") if m]
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    runs = [(m, [torch.float32]) for m in a.models.split(",") if m]
     if a.gpu_archs:
-        runs += [("sd15", torch.float16), ("sdxl", torch.float16)]
+        runs += [(m, [half[d] for d in a.gpu_dtypes.split(",") if d]) for m in ("sd15", "sdxl")]
     res = {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-           "torch": torch.__version__, "results": []}
-    for name, dtype in runs:
-        print(f"[perf] {name} {dtype} ...", flush=True)
-        res["results"].append(bench_model(name, device, dtype, a.steps, tasks, a.reps))
+           "torch": torch.__version__, "results": [], "precision": [], "skipped": []}
     p = pathlib.Path(a.out)
     p.parent.mkdir(parents=True, exist_ok=True)
+
+    def over_budget() -> bool:
+        return a.max_seconds is not None and time.perf_counter() - t_start > a.max_seconds
+
+    for name, dtypes in runs:
+        if over_budget():
+            res["skipped"] += [f"{name} {d}" for d in dtypes]
+            continue
+        print(f"[perf] {name}: building ...", flush=True)
+        unet32 = build_unet(name, device, torch.float32)
+        if a.precision or (a.gpu_archs and name in ("sd15", "sdxl")):
+            print(f"[perf] {name}: guidance gradient precision ...", flush=True)
+            res["precision"].append({"model": name, **gradient_precision(name, unet32, device, steps=a.steps)})
+            p.write_text(json.dumps(res, indent=1))
+        for dtype in dtypes:
+            if over_budget():
+                res["skipped"].append(f"{name} {dtype}")
+                continue
+            print(f"[perf] {name} {dtype} ...", flush=True)
+            unet = unet32 if dtype == torch.float32 else copy.deepcopy(unet32).to(dtype=dtype)
+            res["results"].append(bench_model(name, device, dtype, a.steps, tasks, a.reps, unet=unet))
+            del unet
+            p.write_text(json.dumps(res, indent=1))  # after every run: a stopped run keeps what it measured
+        del unet32
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    res["total_s"] = time.perf_counter() - t_start
     p.write_text(json.dumps(res, indent=1))
+    for pr in res["precision"]:
+        for i, row in pr["steps"].items():
+            print(f"{pr['model']:>10} step {i}: " + ", ".join(
+                f"{k} rel {v['rel_l2']:.2e} zeros {v['zero_frac']:.2f}" for k, v in row.items() if isinstance(v, dict)))
     for r in res["results"]:
         print(f"{r['model']:>10}: inversion {r['inversion_s']:.2f}s, plain {r['plain_sampling_s']:.2f}s, "
               f"bank {r['kv_bank_bytes'] / 2**20:.1f} MiB, peak RSS {r['peak_rss_mb']:.0f} MB")

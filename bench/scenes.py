@@ -283,13 +283,30 @@ def render_background(palette: str, rng: np.random.Generator, height: int = CANV
 
 
 # ---------------------------------------------------------------------------------------------- scenes
+@dataclass(frozen=True)
+class Effects:
+    """Scene-wide effects an edit must respect, rendered from the objects' parameters (so exact truths):
+
+    * ``shadow = (dx, dy, darkness, softness)``: every object casts a soft shadow, its own shape offset by
+      ``(dx, dy)`` px, darkening the background by up to ``darkness`` with a ``softness``-px ramp;
+    * ``light = (angle_deg, strength)``: a light gradient across the canvas; each object's colour is scaled
+      by ``1 + strength * t`` with ``t`` in -0.5..0.5 the position of its *centre* along the direction;
+    * ``stripes = (period, angle_deg, amplitude)``: a high-frequency stripe texture on the background.
+    """
+    shadow: Optional[tuple[float, float, float, float]] = None
+    light: Optional[tuple[float, float]] = None
+    stripes: Optional[tuple[float, float, float]] = None
+
+
 @dataclass(frozen=True, eq=False)
 class Scene:
-    """Background image + objects (painted in order). ``seed`` and ``palette`` describe the background."""
+    """Background image + objects (painted in order, later ones in front). ``seed`` and ``palette``
+    describe the background; ``effects`` the shadows, light and background stripes (none by default)."""
     background: np.ndarray
     objects: tuple[Obj, ...]
     palette: str
     seed: Optional[int] = None
+    effects: Effects = Effects()
 
     @property
     def height(self) -> int:
@@ -303,11 +320,39 @@ class Scene:
         return dataclasses.replace(self, objects=tuple(objects))
 
     def image(self, aa: bool = True) -> np.ndarray:
-        img = self.background.astype(np.float32).copy()
+        fx = self.effects
+        if fx == Effects():  # the plain scene (float32 arithmetic, as every committed result was made)
+            img = self.background.astype(np.float32).copy()
+            for o in self.objects:
+                a = o.coverage(self.height, self.width, aa)[..., None]
+                img = img * (1 - a) + o.rgb * a
+            return img.astype(np.float32)
+        img = self.background.astype(np.float64).copy()
+        py, px = _pixel_centres(self.height, self.width)
+        if fx.stripes is not None:
+            period, ang, amp = fx.stripes
+            c, s_ = _cos_sin(ang)
+            img = img + amp * np.sin(2 * math.pi * (px * c + py * s_) / period)[..., None]
+        if fx.shadow is not None:
+            sdx, sdy, dark, soft = fx.shadow
+            lit = np.ones((self.height, self.width))
+            for o in self.objects:  # shadows do not stack: the darkest one wins
+                d = o.replace(cx=o.cx + sdx, cy=o.cy + sdy).sdf(px, py)
+                lit = np.minimum(lit, 1 - dark * np.clip(0.5 - d / soft, 0.0, 1.0))
+            img = img * lit[..., None]
         for o in self.objects:
-            a = o.coverage(self.height, self.width, aa)[..., None]
-            img = img * (1 - a) + o.rgb * a
-        return img.astype(np.float32)
+            a = o.coverage(self.height, self.width, aa)[..., None].astype(np.float64)
+            img = img * (1 - a) + self.object_rgb(o) * a
+        return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+    def object_rgb(self, o: Obj) -> np.ndarray:
+        """The object's colour as lit in this scene (its own colour without a light)."""
+        if self.effects.light is None:
+            return o.rgb.astype(np.float64)
+        ang, strength = self.effects.light
+        c, s_ = _cos_sin(ang)
+        t = ((o.cx - self.width / 2) * c + (o.cy - self.height / 2) * s_) / max(self.width, self.height)
+        return np.clip(o.rgb * (1 + strength * t), 0.0, 1.0)
 
     def masks(self) -> list[np.ndarray]:
         """Per-object visible hard masks (later objects occlude earlier ones; objects never overlap)."""
@@ -629,4 +674,65 @@ def random_edit(scene: Scene, kind: str, rng: np.random.Generator, ref: Optional
             raise ValueError(f"unknown edit kind {kind!r}")
         except InvalidEdit:
             continue
+    return None
+
+
+# ------------------------------------------------------------------------------------ scene families
+#: families of scenes where copying the object's pixels is the wrong edit (each with its exact truth):
+#: ``shadow`` (the shadow must follow the object), ``light`` (the object's brightness depends on where it
+#: is), ``stripes`` (a high-frequency background the vacated area must continue), ``occlusion`` (the
+#: object moves behind or in front of another one). ``plain`` is the original benchmark.
+FAMILIES = ("plain", "shadow", "light", "stripes", "occlusion")
+
+
+def family_effects(family: str, rng: np.random.Generator) -> Effects:
+    """The scene-wide effects of ``family`` (random direction / angle from ``rng``)."""
+    if family in ("plain", "occlusion"):
+        return Effects()
+    if family == "shadow":
+        a = rng.uniform(0, 2 * math.pi)
+        return Effects(shadow=(_q(3.5 * math.cos(a)), _q(3.5 * math.sin(a)), 0.45, 2.5))
+    if family == "light":
+        return Effects(light=(float(rng.uniform(0, 360)), 0.9))
+    if family == "stripes":
+        return Effects(stripes=(6.0, float(rng.uniform(0, 180)), 0.06))
+    raise ValueError(f"unknown scene family {family!r}; expected one of {FAMILIES}")
+
+
+def with_effects(scene: Scene, effects: Effects) -> Scene:
+    return dataclasses.replace(scene, effects=effects)
+
+
+def occlude(scene: Scene, i: int, j: int, behind: bool, rng: np.random.Generator,
+            max_tries: int = 100) -> Optional[EditCase]:
+    """Move object ``i`` so that it overlaps object ``j`` by 25-60% of its area, painted ``behind`` or in
+    front of it (the objects are re-ordered; the source image does not change since they do not overlap
+    there). ``None`` if no such move keeps the object inside the canvas."""
+    objs = list(scene.objects)
+    oi, oj = objs[i], objs[j]
+    order = [k for k in range(len(objs)) if k != i]
+    order.insert(order.index(j) + (0 if behind else 1), i)
+    src = scene.with_objects([objs[k] for k in order])
+    ni, nj = order.index(i), order.index(j)
+    area = float(src.masks()[ni].sum())
+    for _ in range(max_tries):
+        a = rng.uniform(0, 2 * math.pi)
+        r = (oi.radius() + oj.radius()) * rng.uniform(0.35, 0.75)
+        dx = int(round(oj.cx + r * math.cos(a) - oi.cx))
+        dy = int(round(oj.cy + r * math.sin(a) - oi.cy))
+        moved = list(src.objects)
+        moved[ni] = moved[ni].moved(dx, dy)
+        if not inside_canvas(moved[ni], scene.height, scene.width):
+            continue
+        if any(overlaps(moved[ni], b) for k, b in enumerate(moved) if k not in (ni, nj)):
+            continue
+        truth = src.with_objects(moved)
+        vis = truth.masks()[ni]
+        hidden_i = 1 - float(vis.sum()) / max(area, 1.0)
+        hidden_j = 1 - float(truth.masks()[nj].sum()) / max(float(src.masks()[nj].sum()), 1.0)
+        if not 0.25 <= (hidden_i if behind else hidden_j) <= 0.6:  # the occluded one is 25-60% hidden
+            continue
+        return EditCase("move", src, truth, ni, ni, src.masks()[ni], vis,
+                        dx=float(moved[ni].cx - src.objects[ni].cx), dy=float(moved[ni].cy - src.objects[ni].cy),
+                        params={"i": ni, "dx": dx, "dy": dy, "occluder": nj, "behind": behind})
     return None

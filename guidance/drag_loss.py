@@ -119,3 +119,58 @@ def all_reached(handles: Sequence[Point], targets: Sequence[Point], tol: float =
     """Every handle strictly within ``tol`` cells (Euclidean) of its target (DragDiffusion's stop test)."""
     return all(math.hypot(float(h[0]) - float(g[0]), float(h[1]) - float(g[1])) < tol
                for h, g in zip(handles, targets))
+
+
+# ------------------------------------------------------------------------------ GoodDrag (AlDD) variants
+def preserving_motion_loss(feat: torch.Tensor, feat0: torch.Tensor, handles: Sequence[Point],
+                           handles0: Sequence[Point], targets: Sequence[Point], r_m: int = 1, beta: float = 1.0,
+                           reached: float = REACHED) -> torch.Tensor:
+    """GoodDrag's information-preserving motion supervision: the patch at ``h_k + d_k`` in the current
+    ``feat`` is pulled toward the patch of the *original* features ``feat0`` at the *initial* handle
+    ``h0_k`` (not toward the current handle's features, which drift over many drag steps), with
+    ``d_k`` = the unit direction to the target times ``min(beta, distance)``:
+    ``sum_k (2r_m+1)^2 * mean|sg(F0[Omega(h0_k)]) - F[Omega(h_k) + d_k]|``. Pairs within ``reached`` cells
+    are skipped."""
+    if not (len(handles) == len(handles0) == len(targets)):
+        raise ValueError(f"handles/targets: {len(handles)} handles, {len(handles0)} initial handles, "
+                         f"{len(targets)} targets")
+    loss = feat.new_zeros((), dtype=torch.float32)
+    for hk, h0, gk in zip(handles, handles0, targets):
+        hv, gv = _xy(hk, feat.device), _xy(gk, feat.device)
+        dist = float(torch.linalg.vector_norm(gv - hv))
+        if dist < reached:
+            continue
+        d = (gv - hv) / dist * min(float(beta), dist)
+        src = bilinear_patch(feat0.detach(), _xy(h0, feat0.device), r_m)
+        moved = bilinear_patch(feat, hv, r_m, shift=d)
+        n = min(src.shape[1], moved.shape[1])  # a patch clipped differently at the border: compare the common part
+        loss = loss + (2 * r_m + 1) ** 2 * (src[:, :n].float() - moved[:, :n].float()).abs().mean()
+    return loss
+
+
+@torch.no_grad()
+def track_points_checked(feat: torch.Tensor, feat0: torch.Tensor, handles: Sequence[Point],
+                         handles0: Sequence[Point], r_p: int = 3, tol: float = 1.5) -> tuple[list[Point], int]:
+    """:func:`track_points` with a bidirectional check, so a handle cannot jump to a look-alike distractor.
+
+    The forward match ``q`` (the cell near the current handle whose ``feat`` is nearest to the initial
+    feature) is kept only if the backward match - the cell near the *initial* handle whose *original*
+    feature ``feat0`` is nearest to ``feat[q]`` - lies within ``tol`` cells of the initial handle; otherwise
+    the handle stays where it was. Returns ``(handles, rejected)`` with the number of rejected moves."""
+    fwd = track_points(feat, feat0, handles, handles0, r_p)
+    _, _, h, w = feat0.shape
+    out, rejected = [], 0
+    for cur, q, init in zip(handles, fwd, handles0):
+        fq = feat[0, :, int(q[0]), int(q[1])].to(feat0.dtype)
+        iy = min(max(int(math.floor(float(init[0]) + 0.5)), 0), h - 1)
+        ix = min(max(int(math.floor(float(init[1]) + 0.5)), 0), w - 1)
+        y0, y1 = max(iy - r_p, 0), min(iy + r_p + 1, h)
+        x0, x1 = max(ix - r_p, 0), min(ix + r_p + 1, w)
+        k = int(torch.argmin((feat0[0, :, y0:y1, x0:x1] - fq[:, None, None]).abs().sum(0)))
+        back = (y0 + k // (x1 - x0), x0 + k % (x1 - x0))
+        if math.hypot(back[0] - float(init[0]), back[1] - float(init[1])) <= tol:
+            out.append(q)
+        else:
+            out.append((float(cur[0]), float(cur[1])))
+            rejected += 1
+    return out, rejected

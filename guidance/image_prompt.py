@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..samplers.schedule import StepWindow
+from .windows import StepWindow
 
 DEFAULT_WINDOW = StepWindow(0.2, 0.4)  # official steps 10..19 of 50
 DEFAULT_SCALE = 0.1  # official; 0.05 for the face task

@@ -15,6 +15,8 @@ official update exactly (see its docstring); :func:`grad_z_from_grad_x` and frie
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .grids import resize_mask
@@ -38,9 +40,38 @@ def latent_mask(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- gradient
+def loss_scale_for(factor: float, max_exp: int = 14) -> float:
+    """The power of two nearest to ``factor`` (clamped to ``1 .. 2**max_exp``): a loss scale for autograd.
+
+    The official code multiplies each energy by ``kappa * eta`` (hundreds to thousands) *before* autograd,
+    which is what keeps the backward pass of an fp16 UNet above fp16's underflow. Scaling by a power of two
+    instead, and dividing the gradient by it afterwards, is exact in every float format (no rounding), so
+    fp32 results are bit-for-bit those of the unscaled gradient, while fp16/bf16 get the official headroom.
+    """
+    f = float(factor)
+    if not math.isfinite(f) or f <= 1.0:
+        return 1.0
+    return float(2.0 ** min(max_exp, max(0, round(math.log2(f)))))
+
+
+def _scaled_grad(e: torch.Tensor, x: torch.Tensor, loss_scale: float, retain: bool) -> torch.Tensor:
+    """``d e / d x`` taken of ``e * loss_scale`` and divided back; on overflow (non-finite) the scale backs off
+    by 2**4 until it is 1 (dynamic loss scaling), so a too-large scale never silently turns into NaN."""
+    s = float(loss_scale)
+    while True:
+        last = s <= 1.0
+        g = torch.autograd.grad(e.reshape(()) * s if s != 1.0 else e.reshape(()), x,
+                                retain_graph=retain or not last, allow_unused=True)[0]
+        if g is None:
+            return torch.zeros_like(x)
+        if last or bool(torch.isfinite(g).all()):
+            return g / s if s != 1.0 else g
+        s = max(1.0, s / 16.0)
+
+
 def regional_gradient(x: torch.Tensor, E_edit: torch.Tensor, E_content: torch.Tensor, m_edit: torch.Tensor,
                       regional: bool = True, *, kappa: float = 1.0, energy_scale: float = 1.0,
-                      edit_first: bool = True):
+                      edit_first: bool = True, loss_scale: float | None = None):
     """Regional combination of the two energy gradients w.r.t. ``x`` (paper Eq. 8).
 
     Two separate ``torch.autograd.grad`` calls over the same graph (the first retains it), as official.
@@ -58,6 +89,11 @@ def regional_gradient(x: torch.Tensor, E_edit: torch.Tensor, E_content: torch.Te
 
     The gradient is w.r.t. whatever ``x`` is: to reproduce the official step size pass the diffusers latent
     ``z`` (or a sigma-space gradient through :func:`guided_denoised`, which adds the ``sqrt(1+sigma^2)``).
+
+    ``loss_scale`` (default: :func:`loss_scale_for` ``(kappa * energy_scale)``) multiplies each energy before
+    its backward pass and divides the gradient after (a power of two: exact, so fp32 results do not change);
+    it keeps fp16/bf16 UNets' small gradients from underflowing to zero, as the official pre-multiplied energy
+    does. Callers that apply ``kappa * energy_scale`` later (the samplers) pass it here explicitly.
     """
     if not x.requires_grad:
         raise ValueError("x must require grad (the energies must be computed from it)")
@@ -68,10 +104,8 @@ def regional_gradient(x: torch.Tensor, E_edit: torch.Tensor, E_content: torch.Te
     for n, e in energies:
         if not torch.is_tensor(e) or e.numel() != 1:
             raise ValueError(f"{n} must be a scalar tensor")
-    grads = {}
-    for j, (n, e) in enumerate(live):
-        g = torch.autograd.grad(e.reshape(()), x, retain_graph=j + 1 < len(live), allow_unused=True)[0]
-        grads[n] = torch.zeros_like(x) if g is None else g
+    ls = loss_scale_for(float(kappa) * float(energy_scale)) if loss_scale is None else float(loss_scale)
+    grads = {n: _scaled_grad(e, x, ls, retain=j + 1 < len(live)) for j, (n, e) in enumerate(live)}
     g_e = grads.get("E_edit", torch.zeros_like(x)).detach()
     g_c = grads.get("E_content", torch.zeros_like(x)).detach()
     scale = float(kappa) * float(energy_scale)

@@ -22,6 +22,12 @@ Because γ and the threshold are nonlinear and defined on the ε scale, :func:`s
 compute ψ, then works linearly in noise space: it returns ``n_u + w[(n_c − n_u) − σ ψ 1[i ≥ i_warm]]`` with
 ``n = x − D``, i.e. exactly ``σ ·`` :func:`sld_guidance` (and exactly ComfyUI's noise-space CFG when ψ = 0).
 Derived for ε-prediction models; flow/v models would need a re-derivation of what "ε" means.
+
+As an *additive correction* (:func:`sld_correction_sigma`): the only difference SLD makes to CFG is the term
+``− w σ ψ 1[i ≥ i_warm]`` in noise space, i.e. ``+ w σ ψ 1[i ≥ i_warm]`` on the guided denoised estimate. So SLD
+can be added after whatever guidance produced that estimate (ComfyUI's ``sampler_post_cfg_function``), and
+composes with any other guidance instead of replacing it; on top of plain CFG it is exactly
+:func:`sld_guidance_sigma` (up to float rounding).
 """
 from __future__ import annotations
 
@@ -30,7 +36,8 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["SLDConfig", "SLDState", "SLD_PRESETS", "sld_guidance", "sld_guidance_sigma", "sld_preset"]
+__all__ = ["SLDConfig", "SLDState", "SLD_PRESETS", "sld_correction_sigma", "sld_guidance", "sld_guidance_sigma",
+           "sld_preset"]
 
 
 @dataclass(frozen=True)
@@ -168,3 +175,22 @@ def sld_guidance_sigma(x: torch.Tensor, sigma: Union[float, torch.Tensor], cond_
     if apply:
         g = g - sig * psi
     return n_u + cond_scale * g
+
+
+def sld_correction_sigma(x: torch.Tensor, sigma: Union[float, torch.Tensor], cond_denoised: torch.Tensor,
+                         uncond_denoised: torch.Tensor, safety_denoised: torch.Tensor, cond_scale: float,
+                         config: SLDConfig, state: SLDState) -> torch.Tensor:
+    """The SLD term to *add* to a guided denoised estimate: ``w σ ψ`` from the warm-up step on, zeros before.
+
+    Same arguments as :func:`sld_guidance_sigma`; ``state`` is updated the same way (also during warm-up).
+    ``x − sld_guidance_sigma(...)`` equals
+    ``uncond_denoised + w (cond_denoised − uncond_denoised) + sld_correction_sigma(...)``.
+    """
+    sig = _sigma_like(sigma, x)
+    if (sig <= 0).any():
+        raise ValueError("sld_correction_sigma needs sigma > 0 (at sigma = 0 there is no noise to guide)")
+    psi, apply = _safety_term((x - uncond_denoised) / sig, (x - cond_denoised) / sig, (x - safety_denoised) / sig,
+                              config, state)
+    if not apply:
+        return torch.zeros_like(psi)
+    return cond_scale * sig * psi

@@ -67,9 +67,10 @@ class DiffEditorSafeGuidance(io.ComfyNode):
             node_id="DiffEditorSafeGuidance", display_name="DiffEditor Safe Guidance (SLD)",
             category=f"{CATEGORY}/erase",
             description="Safe Latent Diffusion: steers sampling away from a safety concept with one extra "
-                        "conditional prediction per step (set through the MODEL's cfg function). Presets follow "
+                        "conditional prediction per step, added after the MODEL's guidance (a post-CFG function): "
+                        "cfg functions set by other nodes, before or after this one, keep working. Presets follow "
                         "the published weak / medium / strong / max settings. Guidance scale 0 is plain CFG, bit for "
-                        "bit. Replaces any cfg function already set on the MODEL.",
+                        "bit.",
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL to guide (SD1.x, SD2, SDXL; eps prediction)."),
                 io.Conditioning.Input("safety", tooltip="The concept to steer away from (a CLIP Text Encode of "
@@ -89,7 +90,7 @@ class DiffEditorSafeGuidance(io.ComfyNode):
                                tooltip="custom: momentum decay."),
             ],
             outputs=[io.Model.Output("guided_model", display_name="model",
-                                     tooltip="A copy of the MODEL with safe guidance in its cfg function.")])
+                                     tooltip="A copy of the MODEL with safe guidance after its CFG.")])
 
     @classmethod
     def execute(cls, model, safety, preset="medium", warmup_steps=10, guidance_scale=1000.0, threshold=0.01,

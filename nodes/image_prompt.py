@@ -11,7 +11,7 @@ from ..adapters.comfy_adapter import check_supported
 from ..adapters.comfy_image_prompt import encode_image_tokens, image_prompt_model
 from ..guidance.image_prompt import ImagePromptAdapter, Resampler
 from ..guidance.ip_weights import check_context_dim, load_ip_weights
-from ..samplers.schedule import StepWindow
+from ..guidance.windows import StepWindow
 from .common import CATEGORY, check_finite, check_window
 
 FOLDER = "diffeditor"
@@ -51,7 +51,8 @@ class DiffEditorImagePrompt(io.ComfyNode):
             category=f"{CATEGORY}/image prompt",
             description="Adds DiffEditor's image prompt (decoupled cross-attention on the image's resampled CLIP "
                         "tokens) to a copy of the MODEL, active only inside a window of the sampling steps. "
-                        "Composes with the edit sampler.",
+                        "Composes with the edit sampler and with other cross-attention patches (IP-Adapter and "
+                        "the like), before or after this node.",
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL to patch (SD1.x for the released weights)."),
                 io.ClipVision.Input("clip_vision", tooltip="CLIP ViT-H/14 image encoder (the IP-Adapter one)."),
@@ -79,12 +80,19 @@ class DiffEditorImagePrompt(io.ComfyNode):
         ctx = model.model.model_config.unet_config.get("context_dim")
         ip_sd = {f"{i}.to_k_ip.weight": kv[0] for i, kv in image_prompt["adapter"].layers.items()}
         check_context_dim(ip_sd, ctx, f"image_prompt ({image_prompt['name']})")
+        r = image_prompt["resampler"]
         cond, zero = encode_image_tokens(clip_vision, image[:1])
+        want = r.proj_in.in_features
+        if cond.ndim != 3 or cond.shape[-1] != want:
+            got = cond.shape[-1] if cond.ndim == 3 else tuple(cond.shape)
+            raise ValueError(f"clip_vision: this image encoder gives {got}-wide tokens, but the image-prompt weights "
+                             f"{image_prompt['name']} expect {want}-wide ones (CLIP ViT-H/14 gives 1280, ViT-L/14 "
+                             "1024); load the image encoder the weights were trained with (ViT-H/14 for ip_sd15_64)")
         with torch.inference_mode(False), torch.no_grad():
-            r = image_prompt["resampler"]
             dtype = next(r.parameters()).dtype
             ct, ut = r(cond.clone().to(dtype)), r(zero.clone().to(dtype))
-        return io.NodeOutput(image_prompt_model(model, image_prompt["adapter"], ct, ut, scale, StepWindow(start, end)))
+        return io.NodeOutput(image_prompt_model(model, image_prompt["adapter"], ct, ut, scale, StepWindow(start, end),
+                                                weights_name=image_prompt["name"]))
 
 
 IMAGE_PROMPT_NODES = [DiffEditorLoadImagePrompt, DiffEditorImagePrompt]

@@ -1,17 +1,35 @@
 """DiffEditor Invert and DiffEditor Reconstruct."""
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io
 
 import comfy.model_management
 import comfy.samplers
 
 from ..adapters import comfy_jobs
-from ..adapters.comfy_adapter import check_supported, model_id
-from ..samplers.hooks import KVBank
-from ..samplers.schedule import StepWindow
+from ..adapters.comfy_adapter import check_supported, decoder_attention_shapes, model_id
+from ..samplers.budget import inversion_model_calls, kv_bank_estimate, mib
+from ..samplers.hooks import KVBank, KVBudgetError
+from ..guidance.windows import StepWindow
 from .common import (CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_trajectory,
                      check_window, latent_samples)
+
+log = logging.getLogger(__name__)
+
+
+def _bank_budget_error(est, budget_bytes: int, n: int, bank_start, bank_end) -> str:
+    fit = est.steps_within(budget_bytes)
+    if fit >= 1:
+        how = (f"or narrow bank_start/bank_end to at most {fit} of the {n} steps (the window [{bank_start}, "
+               f"{bank_end}) records {est.steps})")
+    else:
+        how = (f"(one recorded step alone needs {mib(est.per_step)}, so narrowing bank_start/bank_end cannot help; "
+               "a smaller latent needs less)")
+    return (f"kv_budget_mb: the K,V bank of this latent needs {mib(est.bytes)} ({mib(est.per_step)} per recorded "
+            f"step) but kv_budget_mb allows {mib(budget_bytes)}; raise kv_budget_mb to {mib(est.bytes)} {how}, "
+            "or turn record_kv_bank off")
 
 
 class DiffEditorInvert(io.ComfyNode):
@@ -52,8 +70,9 @@ class DiffEditorInvert(io.ComfyNode):
                 io.Float.Input("bank_end", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="End (exclusive) of the recorded steps, as a fraction of the steps."),
                 io.Float.Input("kv_budget_mb", default=4096.0, min=1.0, max=262144.0, step=64.0,
-                               tooltip="Maximum size of the K,V bank in MiB (fp16, stored on the offload "
-                                       "device); the node fails with the needed size if it is exceeded."),
+                               tooltip="Maximum size of the K,V bank in MiB (two bytes a value, stored on the "
+                                       "offload device). Checked from the latent size before any model call: a "
+                                       "bank that would not fit is refused with the size it needs."),
             ],
             outputs=[
                 EditTrajectoryType.Output("trajectory", display_name="trajectory",
@@ -93,15 +112,30 @@ class DiffEditorInvert(io.ComfyNode):
         n = sigmas.shape[0] - 1  # some schedulers (ddim_uniform) give more steps than asked for
         if n < 1:
             raise ValueError(f"scheduler: {scheduler} with {steps} steps gives no sampling step")
+        calls = inversion_model_calls(n, iters)
+        bank_note = ""
         if record_kv_bank:
             bank_steps = StepWindow(float(bank_start), float(bank_end)).indices(n)
             if not bank_steps:
                 raise ValueError(f"bank_start/bank_end: the window [{bank_start}, {bank_end}) selects no step of "
                                  f"{n}; widen it")
+            budget_bytes = int(budget * 2 ** 20)
+            # the bank's size is known before any model call: refuse what cannot fit now, not minutes later
+            est = kv_bank_estimate(decoder_attention_shapes(model, samples.shape[-2:]), len(bank_steps),
+                                   batch=samples.shape[0])
+            if est.bytes > budget_bytes:
+                raise ValueError(_bank_budget_error(est, budget_bytes, n, bank_start, bank_end))
+            bank_note = f", K,V bank {mib(est.bytes)} on {len(bank_steps)} steps"
             bank = KVBank(steps=bank_steps, device=comfy.model_management.intermediate_device(),
-                          byte_budget=int(budget * 2 ** 20))
-        traj, out = comfy_jobs.invert_latent(model, positive, negative, samples, sigmas, cfg=cfg, exact_iters=iters,
-                                             bank=bank)
+                          byte_budget=budget_bytes)
+        log.info("DiffEditor Invert: up to %d UNet calls on a %dx%d latent (batch %d)%s", calls, samples.shape[-2],
+                 samples.shape[-1], samples.shape[0], bank_note)
+        try:
+            traj, out = comfy_jobs.invert_latent(model, positive, negative, samples, sigmas, cfg=cfg,
+                                                 exact_iters=iters, bank=bank)
+        except KVBudgetError as e:  # the estimate above should have caught it; name the inputs anyway
+            raise ValueError(f"kv_budget_mb: {e} (kv_budget_mb is {budget:g}; bank_start/bank_end select "
+                             f"{len(bank.steps)} of {n} steps)") from None
         traj.meta.update({"scheduler": scheduler, "latent_format": type(model.model.latent_format).__name__})
         inverted = {k: v for k, v in latent.items() if k != "noise_mask"}
         inverted["samples"] = out

@@ -8,7 +8,7 @@ from ..adapters import comfy_jobs
 from ..adapters.comfy_adapter import AnchoredSampler
 from ..guidance import official as O
 from ..samplers.blend import BLEND_SCHEDULES, TrajectoryAnchor, blend_window, mask_to_latent
-from ..samplers.schedule import StepWindow
+from ..guidance.windows import StepWindow
 from .common import CATEGORY, EditTrajectoryType, check_finite, check_mask, check_trajectory, check_window
 
 

@@ -27,11 +27,15 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..guidance.drag_loss import all_reached, mask_regulariser, motion_supervision_loss, track_points
+from ..guidance.drag_loss import (all_reached, mask_regulariser, motion_supervision_loss, preserving_motion_loss,
+                                   track_points, track_points_checked)
 from ..guidance.grids import resize_mask
 from .hooks import EditHost, default_feature_levels
 
 DEFAULTS = dict(steps=80, lr=0.01, r_m=1, r_p=3, lam=0.1, strength=0.7)
+#: the drag loss is multiplied by this power of two before backward and its gradient divided back (exact),
+#: so a half-precision UNet's small gradients do not flush to zero; fp32 results are unchanged bit for bit
+_LOSS_SCALE = 1024.0
 
 
 def strength_step(steps: int, strength: float = 0.7) -> int:
@@ -161,8 +165,9 @@ def optimize_drag(host: EditHost, x: torch.Tensor, sigma, sigma_next, handles_px
             lm = motion_supervision_loss(f, handles, tg, r_m)
             loss = lm + mask_regulariser(phi(xs), phi0, m, lam) if use_reg else lm
             opt.zero_grad(set_to_none=True)
-            if loss.requires_grad:
-                loss.backward()
+            if loss.requires_grad:  # loss-scaled backward (exact power of two): no fp16/bf16 gradient underflow
+                (loss * _LOSS_SCALE).backward()
+                z.grad.div_(_LOSS_SCALE)
             opt.step()
             it = i + 1
             losses.append(float(loss.detach()))
@@ -174,3 +179,135 @@ def optimize_drag(host: EditHost, x: torch.Tensor, sigma, sigma_next, handles_px
     info = {"iterations": it, "losses": losses, "motion_losses": motion, "reached": all_reached(handles, tg),
             "feature_level": level, "grid": (gh, gw), "handles_grid": handles}
     return x_opt, final_px, info
+
+
+# ------------------------------------------------------------------------------- alternating drag (AlDD)
+#: GoodDrag's defaults (its ``GoodDragger``): radii and step in supervision-grid cells (half the image
+#: resolution), 10 denoising steps with dragging, 10 tracking rounds per step of at most 10 Adam steps each
+#: (a round also ends once the motion loss is below ``loss_threshold * (2 r_m)^2``), regulariser 0.2.
+ALDD_DEFAULTS = dict(drag_steps=10, tracks=10, iters_per_track=10, lr=0.01, r_m=4, r_p=12, beta=4.0, lam=0.2,
+                     loss_threshold=4.0, max_no_change=10, strength=0.75)
+
+
+def alternating_drag(host: EditHost, trajectory, sigmas: torch.Tensor, start: int, handles_px: Sequence,
+                     targets_px: Sequence, mask: torch.Tensor | None = None, drag_steps: int = 10, tracks: int = 10,
+                     iters_per_track: int = 10, lr: float = 0.01, r_m: int = 4, r_p: int = 12, beta: float = 4.0,
+                     lam: float = 0.2, loss_threshold: float = 4.0, max_no_change: int = 10,
+                     feature_level: int | None = None, image_size=None,
+                     progress: Callable[[int, int], None] | None = None):
+    """GoodDrag's Alternating Drag and Denoising on an inverted ``trajectory`` (latents in sigma space).
+
+    From sampling step ``start`` on, for up to ``drag_steps`` steps: re-track the handles on the new step,
+    then ``tracks`` rounds of (at most ``iters_per_track`` Adam steps on the latent with
+    :func:`~..guidance.drag_loss.preserving_motion_loss` plus the masked regulariser against the source's
+    one-step output, then a bidirectionally checked point tracking), then one deterministic conditional DDIM
+    step. Dragging stops once every handle is reached or the handles stop moving for ``max_no_change``
+    rounds. The drag is spread over the steps instead of piled on one noisy latent (DragDiffusion), which is
+    what keeps the content intact.
+
+    Returns ``(x, step, final_handles_px, info)``: the latent at sampling step ``step`` (sample on from
+    ``sigmas[step:]``), the tracked handles in ``(x, y)`` pixels and ``info`` with the counted calls:
+    ``feature_forwards`` (each with a backward pass, plus one per re-tracking), ``cond_forwards`` (regulariser
+    passes with backward, the regulariser's source targets and the denoising steps), ``backward_passes``,
+    ``iterations``, ``drag_steps`` (steps dragged), ``rejected_tracks``, ``reached``.
+    """
+    n = len(sigmas) - 1
+    if not 0 <= int(start) < n:
+        raise ValueError(f"start: the drag step must be in [0, {n - 1}], got {start}")
+    for name, v in (("drag_steps", drag_steps), ("tracks", tracks), ("iters_per_track", iters_per_track)):
+        if int(v) != v or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if not (math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    x = trajectory.at(int(start))
+    H, W = (int(v) for v in image_size) if image_size is not None else (8 * x.shape[-2], 8 * x.shape[-1])
+    hp = _check_points(handles_px, "handles", (H, W))
+    tp = _check_points(targets_px, "targets", (H, W))
+    if len(hp) == 0 or len(hp) != len(tp):
+        raise ValueError(f"handles/targets: give the same, non-zero number of handle and target points "
+                         f"(got {len(hp)} handles, {len(tp)} targets)")
+    level = default_feature_levels(host.num_up_blocks)[-1] if feature_level is None else int(feature_level)
+    gh, gw = max(H // 2, 1), max(W // 2, 1)
+    to_grid = lambda p: (p[1] * gh / H, p[0] * gw / W)  # noqa: E731
+    h0, tg = [to_grid(p) for p in hp], [to_grid(p) for p in tp]
+    m = editable_mask(mask, x.shape[-2:], x)
+    use_reg = m is not None and lam > 0
+    s_in = x.new_ones([x.shape[0]])
+    count = dict(feature_forwards=0, cond_forwards=0, backward_passes=0, iterations=0, rejected_tracks=0)
+    threshold = float(loss_threshold) * (2 * r_m) ** 2
+
+    def feats(xs, s):
+        count["feature_forwards"] += 1
+        f = host.features(xs, s * s_in, [level])[level]
+        return F.interpolate(f.float(), size=(gh, gw), mode="bilinear", align_corners=False)
+
+    def phi(xs, s, s_next):  # the one-step DDIM output in diffusers units
+        count["cond_forwards"] += 1
+        d = host.denoise_cond(xs, s * s_in)
+        return (d + (xs - d) * (s_next / s)) / math.sqrt(1 + s_next * s_next)
+
+    handles = list(h0)
+    done = False
+    no_change = 0
+    step = int(start)
+    with host.grad_context():
+        x = x.detach().clone()
+        for j in range(int(drag_steps)):
+            if step >= n or float(sigmas[step + 1]) <= 0:
+                break
+            s, s_next = float(sigmas[step]), float(sigmas[step + 1])
+            c = math.sqrt(1 + s * s)
+            src = trajectory.at(step, like=x)
+            with torch.no_grad():
+                f0 = feats(src, s)
+                phi0 = phi(src, s, s_next).detach() if use_reg else None
+                if j > 0:  # the denoising step moved the content: find the handles again
+                    handles, rej = track_points_checked(feats(x, s), f0, handles, h0, r_p)
+                    count["rejected_tracks"] += rej
+            z = (x.float() / c).requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=lr)
+            for _ in range(int(tracks)):
+                host.check_interrupt()
+                if all_reached(handles, tg):
+                    done = True
+                    break
+                f = None
+                for _ in range(int(iters_per_track)):
+                    xs = (z * c).to(x.dtype)
+                    f = feats(xs, s)
+                    lm = preserving_motion_loss(f, f0, handles, h0, tg, r_m, beta)
+                    loss = lm + mask_regulariser(phi(xs, s, s_next), phi0, m, lam) if use_reg else lm
+                    opt.zero_grad(set_to_none=True)
+                    if loss.requires_grad:
+                        (loss * _LOSS_SCALE).backward()
+                        z.grad.div_(_LOSS_SCALE)
+                        count["backward_passes"] += 1
+                    opt.step()
+                    count["iterations"] += 1
+                    if float(lm.detach()) <= threshold:
+                        break
+                new, rej = track_points_checked(f.detach(), f0, handles, h0, r_p)
+                count["rejected_tracks"] += rej
+                no_change = no_change + 1 if new == handles else 0
+                handles = new
+                if no_change >= int(max_no_change):
+                    done = True
+                    break
+            x = (z.detach() * c).to(x.dtype)
+            with torch.no_grad():  # one deterministic conditional DDIM step
+                count["cond_forwards"] += 1
+                d = host.denoise_cond(x, s * s_in)
+                x = d + (x - d) * (s_next / s)
+            step += 1
+            if progress is not None:
+                progress(j + 1, int(drag_steps))
+            if done or all_reached(handles, tg):
+                break
+    final_px = [(col * W / gw, row * H / gh) for row, col in handles]
+    info = dict(count, drag_steps=step - int(start), reached=all_reached(handles, tg), feature_level=level,
+                grid=(gh, gw), handles_grid=handles)
+    return x.detach(), step, final_px, info

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import trange
 
 from ..guidance import official as O
-from ..guidance.regional import guided_denoised, regional_gradient
+from ..guidance.regional import guided_denoised, loss_scale_for, regional_gradient
 from .blend import TrajectoryAnchor
 from .ddim import ddim_step
 from .hooks import EditHooks, EditHost, KVInjection, default_feature_levels
@@ -315,23 +315,26 @@ class EditStats:
 
 
 def energy_gradient(host: EditHost, task: EditTask, x: torch.Tensor, sigma, levels, ref_feats, ref2_feats,
-                    regional: bool, stats: EditStats | None = None):
+                    regional: bool, stats: EditStats | None = None, loss_scale: float = 1.0):
     """Regional energy gradient w.r.t. the sigma-space latent ``x`` (one feature forward, two backward passes).
 
-    Returns ``(grad_x, (E_edit, E_content))``; scale it with :func:`guided_denoised`.
+    Returns ``(grad_x, (E_edit, E_content))``; scale it with :func:`guided_denoised`. The energies are
+    computed in fp32 from the (possibly fp16/bf16) features, and the backward pass runs on the energies times
+    ``loss_scale`` (a power of two, divided back exactly: see ``regional.loss_scale_for``), so a half-precision
+    UNet's gradients do not underflow. Both are no-ops for an fp32 model.
     """
     with host.grad_context():
         xg = x.detach().clone().requires_grad_(True)
-        feats = host.features(xg, sigma, levels)
+        feats = _as_fp32(host.features(xg, sigma, levels))
         e_edit, e_con = task.energy(feats, ref_feats, ref2_feats)
         live = int(e_edit.requires_grad) + int(e_con.requires_grad)
         _, _, grad = regional_gradient(xg, e_edit, e_con, task.edit_mask, regional,
-                                       edit_first=getattr(task, "edit_first", True))
+                                       edit_first=getattr(task, "edit_first", True), loss_scale=loss_scale)
     if stats is not None:
         stats.feature_forwards += 1
         stats.guidance_evals += 1
         stats.backward_passes += live
-    return grad, (float(e_edit), float(e_con))
+    return grad, (float(e_edit.detach()), float(e_con.detach()))
 
 
 @torch.no_grad()
@@ -361,6 +364,7 @@ def sample_edit(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     sde_steps = window_steps(schedule.sde, n)
     tt_steps = window_steps(schedule.time_travel, n) if guided else frozenset()
     injection = _injection(schedule, trajectory, task, n)
+    loss_scale = loss_scale_for(schedule.kappa * schedule.energy_scale)
     noise = NoiseSource(seed) if sde_steps and (schedule.eta_in > 0 or schedule.eta_out > 0) else None
 
     z = trajectory.at(0, like=x)
@@ -388,7 +392,7 @@ def sample_edit(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                 x0 = denoised
                 if i in guided:
                     grad, energies = energy_gradient(host, task, x, sigma * s_in, levels, ref_feats, ref2_feats,
-                                                     schedule.regional, stats)
+                                                     schedule.regional, stats, loss_scale)
                     stats.energies.append((i, r) + energies)
                     x0 = guided_denoised(denoised, sigma, grad, schedule.kappa, schedule.energy_scale)
                 eta = 0.0
@@ -424,7 +428,12 @@ def time_travel_rollback(host: EditHost, hooks: EditHooks, x_next: torch.Tensor,
 
 
 def _detached(feats: dict) -> dict:
-    return {k: v.detach() for k, v in feats.items()}
+    return {k: v.detach() for k, v in _as_fp32(feats).items()}
+
+
+def _as_fp32(feats: dict) -> dict:
+    """Half-precision features upcast for the energies (fp32 and fp64 ones are returned as they are)."""
+    return {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in feats.items()}
 
 
 def _injection(schedule: EditSchedule, trajectory: EditTrajectory, task: EditTask, n: int) -> KVInjection | None:

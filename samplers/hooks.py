@@ -35,8 +35,9 @@ class StopForward(Exception):
     """Raised by an adapter's feature hook to end a forward pass once every requested level is captured."""
 
 
-class KVBudgetError(RuntimeError):
-    pass
+class KVBudgetError(ValueError):
+    """A K,V bank outgrew its byte budget (a ValueError: the budget or the recorded steps must change). Host
+    adapters turn it into a plain ValueError naming their own inputs."""
 
 
 def default_feature_levels(num_up_blocks: int) -> tuple[int, ...]:
@@ -55,13 +56,16 @@ def layer_name(up_block: int, attention: int, transformer: int = 0) -> str:
 class KVBank:
     """Projected self-attention K,V per (layer, step), recorded from a source trajectory.
 
-    Entries are stored in ``dtype`` (fp16 by default) on ``device`` (the offload device, CPU by default).
+    Entries are stored in ``dtype`` on ``device`` (the offload device, CPU by default). The default
+    (``dtype=None``) keeps two bytes a value without ever overflowing: bf16 for a bf16 model, fp16 for an
+    fp16 model, and for fp32/fp64 models fp16 (three more mantissa bits) unless the entry's values exceed
+    fp16's finite range (65504), in which case that entry is kept in bf16.
     ``steps`` restricts recording to the steps that will be injected; ``byte_budget`` (bytes) bounds the
     total size: exceeding it raises :class:`KVBudgetError` with the size that was needed.
     """
 
     def __init__(self, steps: Iterable[int] | None = None, layers: Iterable[str] | None = None,
-                 dtype: torch.dtype = torch.float16, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                  byte_budget: int | None = None):
         self.steps = None if steps is None else frozenset(int(s) for s in steps)
         self.layers = None if layers is None else frozenset(layers)
@@ -77,8 +81,9 @@ class KVBank:
         return (self.steps is None or step in self.steps) and (self.layers is None or layer in self.layers)
 
     def put(self, layer: str, step: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        k = k.detach().to(device=self.device, dtype=self.dtype).clone()
-        v = v.detach().to(device=self.device, dtype=self.dtype).clone()
+        dtype = self.dtype or _half_storage(k, v)
+        k = k.detach().to(device=self.device, dtype=dtype).clone()
+        v = v.detach().to(device=self.device, dtype=dtype).clone()
         old = self._data.get((layer, step))
         add = k.numel() * k.element_size() + v.numel() * v.element_size()
         sub = 0 if old is None else sum(t.numel() * t.element_size() for t in old)
@@ -114,6 +119,19 @@ class KVBank:
 
 
 # ------------------------------------------------------------------------------------- K,V composition
+_FP16_MAX = float(torch.finfo(torch.float16).max)
+
+
+def _half_storage(*ts: torch.Tensor) -> torch.dtype:
+    """The two-byte dtype that holds ``ts`` without overflow (see :class:`KVBank`)."""
+    if any(t.dtype == torch.bfloat16 for t in ts):
+        return torch.bfloat16
+    if all(t.dtype == torch.float16 for t in ts):
+        return torch.float16
+    peak = max(float(t.detach().abs().amax()) if t.numel() else 0.0 for t in ts)
+    return torch.float16 if peak <= _FP16_MAX else torch.bfloat16
+
+
 def mask_to_tokens(mask: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
     """Nearest-resize a mask (``[H, W]``, ``[1, H, W]`` or ``[1, 1, H, W]``) to a token grid; bool ``[h*w]``."""
     m = mask.float()

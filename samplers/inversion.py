@@ -37,6 +37,8 @@ def sample_invert(model, x, sigmas, extra_args=None, callback=None, disable=None
     last = {}
 
     def eps_fn(xx, s):
+        if interrupt is not None:  # before every model call (exact inversion makes several per step)
+            interrupt()
         d = model(xx, s * s_in, **extra_args)
         last["denoised"] = d
         return (xx - d) / s

@@ -268,3 +268,48 @@ def test_detector_on_edit_truth_and_empty_scene():
     assert m["recall"] == 1.0 and m["precision"] == 1.0
     assert D.detect(s.background) == []
     assert D.match([], s.objects)["missed"] == list(range(len(s.objects)))
+
+
+# --------------------------------------------------------------------------------- scene families
+def test_plain_family_is_the_original_benchmark():
+    from diffeditor.bench import editbench
+
+    for task in ("move", "paste"):
+        a, b = editbench.make_case(task, 3), editbench.make_case(task, 3, "plain")
+        assert np.array_equal(a.source_image, b.source_image) and np.array_equal(a.truth_image, b.truth_image)
+
+
+def test_shadow_and_light_follow_the_object_so_copy_paste_is_wrong():
+    from diffeditor.bench import editbench
+
+    case = editbench.make_case("move", 2, "shadow")
+    sdx, sdy = case.source.effects.shadow[:2]
+    o = case.source.objects[case.index]
+    old_shadow = o.replace(cx=o.cx + sdx, cy=o.cy + sdy).mask() & ~case.edit_region
+    # where the old shadow fell (and nothing else now covers), the truth is brighter than the source
+    assert old_shadow.any()
+    assert case.truth_image[old_shadow].mean() > case.source_image[old_shadow].mean() + 0.05
+    case = editbench.make_case("move", 5, "light")
+    src_rgb = case.source.object_rgb(case.source.objects[case.index])
+    new_rgb = case.truth.object_rgb(case.truth.objects[case.truth_index])
+    moved = case.source.objects[case.index].rgb.max() < 0.97  # a white object can saturate
+    assert not moved or np.abs(src_rgb - new_rgb).max() > 0.01
+
+
+def test_stripes_continue_into_the_vacated_area_and_occlusion_hides_part_of_an_object():
+    from diffeditor.bench import editbench
+
+    case = editbench.make_case("move", 1, "stripes")
+    vacated = case.source_mask & ~case.target_mask
+    plain_bg = S.with_effects(case.truth, S.Effects()).with_objects([]).image()
+    assert np.abs(case.truth_image[vacated] - plain_bg[vacated]).max() > 0.03  # stripes, not a smooth fill
+    case = editbench.make_case("move", 4, "occlusion")
+    i, j = case.params["i"], case.params["occluder"]
+    full = case.truth.objects[i].mask()
+    hidden = 1 - case.target_mask.sum() / full.sum()
+    if case.params["behind"]:
+        assert 0.25 <= hidden <= 0.6
+    else:
+        assert case.target_mask.sum() == full.sum()  # in front: fully visible, the other one is covered
+    with pytest.raises(ValueError, match="family"):
+        editbench.make_case("appearance", 0, "occlusion")

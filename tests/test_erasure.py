@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from diffeditor.guidance.uce import (concept_embedding, last_content_token_index, uce_deltas, uce_solve)
-from diffeditor.guidance.sld import (SLD_PRESETS, SLDConfig, SLDState, sld_guidance, sld_guidance_sigma,
-                                     sld_preset)
+from diffeditor.guidance.sld import (SLD_PRESETS, SLDConfig, SLDState, sld_correction_sigma, sld_guidance,
+                                     sld_guidance_sigma, sld_preset)
 
 D, OUT, NE, NP = 64, 48, 3, 4
 
@@ -386,3 +386,27 @@ def test_sld_validation():
         sld_guidance(eu, ec, es[:1], 3.0, SLD_PRESETS["strong"], SLDState())
     with pytest.raises(ValueError, match="sigma"):
         sld_guidance_sigma(eu, 0.0, ec, eu, es, 3.0, SLD_PRESETS["strong"], SLDState())
+
+
+def test_sld_as_an_additive_correction_equals_sld_on_plain_cfg():
+    """``sld_correction_sigma`` (what the node adds after the MODEL's guidance): plain CFG plus the correction is
+    the full SLD result at every step, zeros during warm-up, with the same state updates."""
+    cfg = SLDConfig(warmup_steps=2, guidance_scale=300.0, threshold=0.02, momentum_scale=0.3, momentum_beta=0.4)
+    full, corr = SLDState(), SLDState()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    for i in range(6):
+        eu, ec, es = _eps(30 + i)
+        sigma = torch.tensor([4.0, 2.5]) / (i + 1)
+        s4 = sigma.view(-1, 1, 1, 1)
+        Dc, Du, Ds = x - s4 * ec, x - s4 * eu, x - s4 * es
+        want = x - sld_guidance_sigma(x, sigma, Dc, Du, Ds, 6.0, cfg, full)
+        term = sld_correction_sigma(x, sigma, Dc, Du, Ds, 6.0, cfg, corr)
+        if i < cfg.warmup_steps:
+            assert torch.equal(term, torch.zeros_like(term))
+        else:
+            assert term.abs().max() > 1e-3
+        assert torch.allclose(Du + 6.0 * (Dc - Du) + term, want, atol=1e-5)
+        assert corr.step == full.step and torch.allclose(corr.momentum, full.momentum)
+    with pytest.raises(ValueError, match="sigma > 0"):
+        sld_correction_sigma(x, 0.0, Dc, Du, Ds, 6.0, cfg, SLDState())

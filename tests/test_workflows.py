@@ -16,7 +16,7 @@ WF = pathlib.Path(__file__).resolve().parents[1] / "workflows"
 SCHEMA = json.loads((WF / "schema" / "schema_snapshot.json").read_text())
 UI_FILES = sorted(WF.glob("*.json"))
 EXPECTED = {"inversion_reconstruction", "move", "resize", "drag", "appearance_replace", "paste", "erase_concept",
-            "safe_guidance", "drag_loss", "image_prompt_move"}
+            "safe_guidance", "drag_loss", "image_prompt_move", "warp_inpaint"}
 LEGACY = pathlib.Path(__file__).resolve().parent / "data" / "legacy_workflows"
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
 # DiffEditor Edit: the task its spec node describes

@@ -66,7 +66,8 @@ NAMES = {"inversion_reconstruction": "DiffEditor - Invert and reconstruct", "mov
          "appearance_replace": "DiffEditor - Replace an appearance", "paste": "DiffEditor - Paste an object",
          "drag_loss": "DiffEditor - Drag with the drag loss",
          "image_prompt_move": "DiffEditor - Move with an image prompt",
-         "erase_concept": "DiffEditor - Erase a concept (UCE)", "safe_guidance": "DiffEditor - Safe guidance (SLD)"}
+         "erase_concept": "DiffEditor - Erase a concept (UCE)", "safe_guidance": "DiffEditor - Safe guidance (SLD)",
+         "warp_inpaint": "DiffEditor - Fast move (Warp and Inpaint)"}
 
 TITLES = {
     "ckpt": "Load Checkpoint (SD1.5)", "pos": "Prompt (describe the image)", "neg": "Negative prompt",
@@ -82,10 +83,12 @@ TITLES = {
     "safety": "Unsafe concept (prompt)", "safe": "DiffEditor Safe Guidance (SLD)", "empty": "Empty Latent 512x512",
     "options": "DiffEditor Edit Options (optional; defaults = official)",
     "paste_ref": "DiffEditor Paste Reference (scale the object)",
+    "warp": "DiffEditor Warp & Inpaint (no guidance)",
 }
 SPEC_TITLES = {"move": "Move spec (dx, dy in pixels)", "resize": "Resize spec (scale about the centre)",
                "drag": "Drag spec (x1,y1->x2,y2 in pixels)", "appearance_replace": "Appearance spec",
-               "paste": "Paste spec (dx, dy from the reference)", "image_prompt_move": "Move spec (dx, dy in pixels)"}
+               "paste": "Paste spec (dx, dy from the reference)", "image_prompt_move": "Move spec (dx, dy in pixels)",
+               "warp_inpaint": "Move spec (dx, dy in pixels)"}
 
 _SD15 = ("Checkpoint: any SD1.5 checkpoint in `ComfyUI/models/checkpoints/`; this workflow names "
          "`v1-5-pruned-emaonly.safetensors` from https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5 "
@@ -118,6 +121,11 @@ NOTES = {
                          "image-prompt weights `ip_sd15_64.bin` from https://huggingface.co/Adapter/DragonDiffusion, "
                          "converted once with `guidance.ip_weights.convert_to_safetensors` to "
                          "`ComfyUI/models/diffeditor/ip_sd15_64.safetensors`.\n\n" + _EDIT + "\n\n" + _IMAGES,
+    "warp_inpaint": "## Fast move (Warp & Inpaint)\n\nInvert the source once (no K,V bank needed); DiffEditor Warp & "
+                    "Inpaint moves the masked object on the latent grid and paints only the area it uncovered, "
+                    "over the last `strength` of the schedule: no guidance, no gradients, a fraction of an edit's "
+                    "model calls. Its `start` output previews the warp before any model call. The same spec "
+                    "nodes work (move/resize, drag, paste).\n\n" + _IMAGES,
     "erase_concept": "## Erase a concept (UCE)\n\nEdits the cross-attention projections so the concepts are no "
                      "longer drawn (one per line); `preserve` lists concepts to keep.\n\n" + _SD15,
     "safe_guidance": "## Safe latent diffusion (SLD)\n\nSteers sampling away from the concept in the "
@@ -225,6 +233,14 @@ def graphs() -> dict[str, dict]:
     out["image_prompt_move"] = _finish(_edit(g, "image_prompt_move", model=("image_prompt", 0)), "edit",
                                        "image_prompt_move")
 
+    g = {**_base(), **_mask("object", "diffeditor_object_mask.png")}
+    g["invert"][1]["record_kv_bank"] = False
+    g["spec"] = ("DiffEditorMoveSpec", {"mask": ("object", 0), "dx": 96, "dy": 32, "scale": 1.0})
+    g["warp"] = ("DiffEditorWarpInpaint", {"model": ("ckpt", 0), "positive": ("pos", 0), "negative": ("neg", 0),
+                                           "trajectory": ("invert", 0), "spec": ("spec", 0), "strength": 0.5,
+                                           "cfg": 4.0, "seed": 42, "grow": 0})
+    out["warp_inpaint"] = _finish(g, "warp", "warp_inpaint")
+
     def generate(model_src, prefix, extra):
         g = {"ckpt": ("CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}),
              "pos": ("CLIPTextEncode", {"text": "a photo of a red car on a street", "clip": ("ckpt", 1)}),
@@ -286,7 +302,7 @@ def node_classes() -> dict:
     pack = pack_loader.load("diffeditor")
     classes = dict(comfy_nodes.NODE_CLASS_MAPPINGS)
     classes.update(custom_sampler.NODE_CLASS_MAPPINGS)
-    classes.update(pack.NODE_CLASS_MAPPINGS)
+    classes.update({cls.define_schema().node_id: cls for cls in pack.NODE_LIST})
     return classes
 
 

@@ -133,6 +133,7 @@ def render(demo: Demo, build, names=None):
                               ("drag loss", _drag_loss(demo, pairs, region, g["drag_loss"]["drag"][1]))],
         "image_prompt_move": lambda: [("source", src_img), ("moved", move("move")),
                                       ("needs ViT-H + ip_sd15_64", _banner(src_img))],
+        "warp_inpaint": lambda: [("source", src_img), ("warp & inpaint", _warp(demo, obj, g["warp_inpaint"]))],
         "erase_concept": lambda: _erase(demo, g["erase_concept"]["erase"][1]["concepts"]),
         "safe_guidance": lambda: _sld(demo, g["safe_guidance"]["safety"][1]["text"]),
     }
@@ -168,6 +169,23 @@ def _drag_loss(demo: Demo, pairs, region, params) -> np.ndarray:
                             [t for _, t in pairs], mask=_mask(region), steps=params["steps"], lr=params["lr"],
                             r_m=params["r_m"], r_p=params["r_p"], lam=params["lam"], image_size=(SIZE, SIZE))
     return demo.image(sample_diffeditor(den, x, sig[k:], disable=True))
+
+
+def _warp(demo: Demo, obj, g) -> np.ndarray:
+    """DiffEditor Warp & Inpaint's engine (samplers/inpaint.py) on the demo model with the workflow's values."""
+    from diffeditor.guidance.specs import MoveSpec
+    from diffeditor.guidance.warp import warp_for_spec
+    from diffeditor.samplers.inpaint import sample_warp_inpaint
+
+    p, w = g["spec"][1], g["warp"][1]
+    _, traj = demo.invert(demo.src)
+    spec = MoveSpec(obj, p["dx"] * K, p["dy"] * K, scale=p["scale"])
+    warp = warp_for_spec(spec, tuple(traj.shape[-2:]), demo.pipe.pixels_per_latent)
+    den = demo.pipe.denoiser(demo.src.caption(), None, w["cfg"])
+    with den.installed(), torch.no_grad():
+        out = sample_warp_inpaint(den, traj.z_T, traj.sigmas, trajectory=traj, warp=warp, strength=w["strength"],
+                                  seed=w["seed"], grow=w["grow"])
+    return demo.image(out)
 
 
 def _concept_sample(demo: Demo, caption: str, den=None, patch=None, seed: int = 3) -> np.ndarray:

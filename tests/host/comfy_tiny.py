@@ -126,3 +126,36 @@ def weights_hash(model_patcher) -> str:
     h.update(repr(sorted(model_patcher.object_patches)).encode())
     h.update(repr(model_patcher.model_options).encode())
     return h.hexdigest()
+
+
+def model_state(model_patcher) -> dict:
+    """Everything a node could mutate on a shared MODEL, to compare before/after.
+
+    Per parameter and buffer of the ``BaseModel`` (diffusion model *and* model sampling): the tensor object's
+    identity, its storage pointer, whether it is an inference tensor, dtype, device and a hash of its values;
+    the module tree's identities; the patcher's weight patches, object patches, weight wrappers and options.
+    Replacing a parameter by a clone with equal values changes this state (a values-only hash would not see it).
+    """
+    base = model_patcher.model
+    out = {}
+    for kind, items in (("param", base.named_parameters(remove_duplicate=False)),
+                        ("buffer", base.named_buffers(remove_duplicate=False))):
+        for name, t in items:
+            h = hashlib.sha1(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+            out[f"{kind}:{name}"] = (id(t), t.data_ptr(), t.is_inference(), str(t.dtype), str(t.device), h)
+    out["modules"] = tuple((n, id(m)) for n, m in base.named_modules(remove_duplicate=False))
+    out["patches"] = repr(sorted((k, len(v)) for k, v in model_patcher.patches.items()))
+    out["object_patches"] = repr(sorted(model_patcher.object_patches))
+    out["weight_wrappers"] = repr(sorted(getattr(model_patcher, "weight_wrapper_patches", {})))
+    out["model_options"] = repr(model_patcher.model_options)
+    out["patches_uuid"] = str(model_patcher.patches_uuid)
+    return out
+
+
+def state_diff(a: dict, b: dict, objects: bool = True) -> list:
+    """Keys whose state differs (for assertion messages). ``objects=False`` ignores which Python object wraps
+    a parameter (storage, inference flag, dtype, device and values still count): ComfyUI itself re-wraps the
+    restored weights when it unloads a clone carrying weight patches (LoRA, UCE)."""
+    def norm(k, v):
+        return v[1:] if not objects and k.startswith("param:") and v is not None else v
+    return sorted(k for k in set(a) | set(b) if norm(k, a.get(k)) != norm(k, b.get(k)))

@@ -18,4 +18,4 @@ def test_comfy_bootstrapped():
     assert args.cpu or torch.cuda.is_available()
     assert mm.get_torch_device() is not None
     import diffeditor
-    assert len(diffeditor.NODE_CLASS_MAPPINGS) >= 4
+    assert callable(diffeditor.comfy_entrypoint) and len(diffeditor.nodes.NODE_LIST) >= 4

@@ -246,6 +246,70 @@ def test_sld_matches_an_independent_reference_and_resets_per_run(sd15_model, cli
     # a shorter run after a longer one (a new schedule): still fresh
     assert torch.equal(sample(node_model, pos, neg, steps=4), sample(node_model, pos, neg, steps=4))
     assert sd15_model.model_options.get("sampler_cfg_function") is None and not sd15_model.patches
+    assert not sd15_model.model_options.get("sampler_post_cfg_function")
+
+
+def other_pack_cfg(model, log):
+    """Stand-in for another pack's guidance set through the MODEL's cfg function (a clone with
+    ``set_model_sampler_cfg_function``, as core RescaleCFG and friends do); it records every call."""
+    def cfg(args):
+        log.append(float(args["sigma"].flatten()[0]))
+        c, u, w = args["cond"], args["uncond"], args["cond_scale"]  # noise-like: x - denoised
+        guided = u + w * (c - u)
+        return 0.8 * guided + 0.2 * c  # a visibly different guidance rule
+
+    m = model.clone()
+    m.set_model_sampler_cfg_function(cfg)
+    return m
+
+
+def test_sld_composes_with_another_packs_cfg_function_in_either_order(sd15_model, clips):
+    clip = clips["sd15"]
+    pos, neg, safety = cond_of(clip, "a red circle"), cond_of(clip, ""), cond_of(clip, "red")
+    kw = dict(warmup_steps=1, guidance_scale=200.0, threshold=0.01, momentum_scale=0.3, momentum_beta=0.4)
+    config = SLDConfig(**kw)
+    log = []
+    other = sample(other_pack_cfg(sd15_model, log), pos, neg)
+    assert log
+    sld_only = sample(sld(sd15_model, safety, **kw), pos, neg)
+    # SLD whose safety term is identically 0 (threshold below any difference, no momentum): the other pack's
+    # guidance comes out exactly, and it was called on every step
+    log.clear()
+    inert = sld(other_pack_cfg(sd15_model, log), safety, warmup_steps=0, guidance_scale=200.0, threshold=-10.0,
+                momentum_scale=0.0, momentum_beta=0.0)
+    assert torch.equal(sample(inert, pos, neg), other) and log
+    # active SLD with the other pack's cfg function set before it, or after it: both apply, in either order
+    log.clear()
+    before = sample(sld(other_pack_cfg(sd15_model, log), safety, **kw), pos, neg)
+    calls_before = len(log)
+    log.clear()
+    after = sample(other_pack_cfg(sld(sd15_model, safety, **kw), log), pos, neg)
+    assert calls_before and len(log) == calls_before
+    assert torch.allclose(before, after, atol=1e-6)
+    assert (before - other).abs().max() > 1e-3 and (before - sld_only).abs().max() > 1e-3
+
+    # ... and the result is the other pack's guidance plus the SLD term, computed independently
+    box = {"state": None, "sigma": None}
+
+    def reference(args):
+        x, sigma, base = args["input"], args["sigma"], args["model"]
+        if box["sigma"] is None or float(sigma[0]) > box["sigma"]:
+            box["state"] = SLDState()
+        box["sigma"] = float(sigma[0])
+        d_s = base.apply_model(x, sigma, c_crossattn=safety[0][0].to(x))
+        s = sigma.reshape(-1, 1, 1, 1)
+        e_u, e_c, e_s = (x - args["uncond_denoised"]) / s, (x - args["cond_denoised"]) / s, (x - d_s) / s
+        w = args["cond_scale"]
+        plain = args["uncond"] + w * (args["cond"] - args["uncond"])
+        sld_term = plain - s * sld_guidance(e_u, e_c, e_s, w, config, box["state"])
+        c, u = args["cond"], args["uncond"]
+        return (0.8 * (u + w * (c - u)) + 0.2 * c) - sld_term
+
+    ref_model = sd15_model.clone()
+    ref_model.set_model_sampler_cfg_function(reference, disable_cfg1_optimization=True)
+    ref = sample(ref_model, pos, neg)
+    assert torch.allclose(before, ref, rtol=1e-4, atol=1e-3), float((before - ref).abs().max())
+    assert not sd15_model.model_options.get("sampler_post_cfg_function")
 
 
 def test_sld_runs_on_sdxl(sdxl_model, sdxl_conds):

@@ -82,3 +82,16 @@ def test_runtime_validation_error_reaches_the_user(server):
     errors = [m for m in hist["status"]["messages"] if m[0] == "execution_error"]
     assert errors and "mask is empty" in errors[0][1]["exception_message"]
     assert errors[0][1]["node_type"] == "DiffEditorMaskedBlend"
+
+
+def test_kv_budget_error_is_a_plain_value_error_naming_the_inputs(server):
+    """Loaded by path, the pack's module names are file-system paths: the error class must be a builtin one."""
+    g = _graph(server["ckpt"])
+    g["6"]["inputs"]["kv_budget_mb"] = 1.0
+    g["4"]["inputs"].update(width=1024, height=1024)  # a 128x128 latent: the bank cannot fit in 1 MiB
+    hist = run_prompt(server, g)
+    assert hist["status"]["status_str"] == "error"
+    err = [m for m in hist["status"]["messages"] if m[0] == "execution_error"][0][1]
+    assert err["node_type"] == "DiffEditorInvert" and err["exception_type"] == "ValueError", err["exception_type"]
+    assert err["exception_message"].startswith("kv_budget_mb: ") and "bank_start/bank_end" in err["exception_message"]
+    assert run_prompt(server, _graph(server["ckpt"]))["status"]["status_str"] == "success"  # the server lives on
