@@ -44,7 +44,7 @@ if __package__ in (None, ""):
 from ..adapters.diffusers_adapter import DiffusersDenoiser  # noqa: E402
 from ..adapters.diffusers_erasure import patched, uce_patch  # noqa: E402
 from ..adapters.pipeline import DiffEditorPipeline  # noqa: E402
-from ..guidance.energies import TASK_DEFAULTS  # noqa: E402
+from ..guidance.official import TASK_DEFAULTS  # noqa: E402
 from ..guidance.sld import SLDState, sld_guidance_sigma, sld_preset  # noqa: E402
 from ..guidance.tasks import AppearanceSpec, DragSpec, MoveSpec, PasteSpec, make_task  # noqa: E402
 from ..guidance.uce import concept_embedding  # noqa: E402

@@ -33,7 +33,7 @@ if __package__ in (None, ""):
     __package__ = "diffeditor.bench"
 
 from ..adapters.diffusers_adapter import DiffusersDenoiser, DiffusersHost, model_id  # noqa: E402
-from ..guidance.energies import TASK_DEFAULTS  # noqa: E402
+from ..guidance.official import TASK_DEFAULTS  # noqa: E402
 from ..guidance.tasks import AppearanceSpec, DragSpec, MoveSpec, PasteSpec, make_task  # noqa: E402
 from ..guidance.regional import loss_scale_for  # noqa: E402
 from ..samplers.edit import EditStats, energy_gradient, preset_schedule, sample_edit  # noqa: E402
