@@ -31,8 +31,8 @@ SNAPSHOT = HERE / "schema" / "schema_snapshot.json"
 ASSETS = HERE / "assets"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 CORE_NODES = ("CheckpointLoaderSimple", "CLIPTextEncode", "LoadImage", "LoadImageMask", "VAEEncode", "VAEDecode",
-              "SaveImage", "EmptyLatentImage", "KSampler", "DisableNoise", "CFGGuider", "SamplerCustomAdvanced",
-              "CLIPVisionLoader")
+              "SaveImage", "PreviewImage", "EmptyLatentImage", "KSampler", "DisableNoise", "CFGGuider",
+              "SamplerCustomAdvanced", "CLIPVisionLoader")
 # Front-end-only node types (no Python class, never in the API format).
 FRONTEND_ONLY = ("MarkdownNote",)
 # Workflows that need weights no test machine has (a CLIP ViT-H image encoder, the released image-prompt
@@ -63,32 +63,37 @@ TITLES = {
     "region": "Editable region (white = may change)", "ref_image": "Reference image",
     "ref_encode": "VAE Encode (reference)", "ref_invert": "DiffEditor Invert (reference)",
     "ref_object": "Reference object mask (white = object)", "edit": "DiffEditor Edit", "decode": "VAE Decode",
-    "save": "Save Image", "drag": "DiffEditor Drag Optimize", "noise": "Disable Noise (deterministic)",
+    "save": "Save Image", "drag": "DiffEditor Drag Optimize", "preview": "Preview (no model run)", "noise": "Disable Noise (deterministic)",
     "guider": "CFG Guider", "sampler": "DiffEditor Sampler (DDIM)", "sample": "Sample the rest",
     "clip_vision": "CLIP Vision (ViT-H/14)", "ip_weights": "DiffEditor Load Image Prompt",
     "image_prompt": "DiffEditor Image Prompt", "erase": "DiffEditor Erase Concept (UCE)",
     "safety": "Unsafe concept (prompt)", "safe": "DiffEditor Safe Guidance (SLD)", "empty": "Empty Latent 512x512",
 }
-SPEC_TITLES = {"move": "Move spec (dx, dy in pixels)", "resize": "Resize spec (scale about the centre)",
-               "drag": "Drag spec (x1,y1->x2,y2 in pixels)", "appearance_replace": "Appearance spec",
-               "paste": "Paste spec (dx, dy from the reference)", "image_prompt_move": "Move spec (dx, dy in pixels)"}
+SPEC_TITLES = {"appearance_replace": "Appearance spec", "image_prompt_move": "Move spec (dx, dy in pixels)"}
+CANVAS_TITLES = {"move": "Canvas: draw the object, drag it", "resize": "Canvas: draw the object, wheel to resize",
+                 "drag": "Canvas: click handle, then target", "paste": "Canvas: place the reference object"}
 
 _IMAGES = ("Images: copy `workflows/assets/*.png` of ComfyUI-DiffEditor into `ComfyUI/input/` "
            "(masks: white = 1).\n\nCheckpoint: any SD1.5 checkpoint (`v1-5-pruned-emaonly.safetensors` here).")
 _EDIT = ("Invert the source once (DDIM, 50 steps, K,V bank on), describe the edit with a spec node, and "
          "DiffEditor Edit samples it. Leave -1 knobs on auto (the official preset for the task).")
+_CANVAS = ("Invert the source once (DDIM, 50 steps, K,V bank on), draw the edit on the **DiffEditor Canvas** node "
+           "(or in the large editor: *open canvas editor*), and DiffEditor Edit samples it. The preview shows what "
+           "the edit starts from without running the model. Leave -1 knobs on auto (the official preset).")
 NOTES = {
     "inversion_reconstruction": "## Inversion / reconstruction\n\nDDIM-invert the source (50 steps, "
                                 "ddim_uniform) and sample it back: the output should match the input.\n\n" + _IMAGES,
-    "move": "## Move an object\n\n" + _EDIT + " The Move spec shifts the masked object by dx, dy pixels.\n\n" + _IMAGES,
-    "resize": "## Resize an object\n\n" + _EDIT + " The spec scales the masked object about its centre.\n\n"
-              + _IMAGES,
-    "drag": "## Drag points\n\n" + _EDIT + " Drag points are `x1,y1->x2,y2` pairs in pixels (one per line); the "
-            "mask limits what may change.\n\n" + _IMAGES,
+    "move": "## Move an object\n\n" + _CANVAS + " Paint or box the object (Brush / Box), then drag it with Move; "
+            "dx, dy follow (pixels, whole latent cells).\n\n" + _IMAGES,
+    "resize": "## Resize an object\n\n" + _CANVAS + " Paint or box the object, then use the wheel or the corner "
+              "handle in Move: it scales about the object's centre.\n\n" + _IMAGES,
+    "drag": "## Drag points\n\n" + _CANVAS + " Click a handle, then its target (numbered arrows); drag a point to "
+            "adjust it, right-click to delete it. A region box limits what may change.\n\n" + _IMAGES,
     "appearance_replace": "## Replace appearance\n\n" + _EDIT + " The reference image is inverted the same way; "
                           "the masked object takes the appearance of the reference object.\n\n" + _IMAGES,
-    "paste": "## Paste an object\n\n" + _EDIT + " The masked object of the reference image is pasted into the "
-             "source, shifted by dx, dy pixels.\n\n" + _IMAGES,
+    "paste": "## Paste an object\n\n" + _CANVAS + " The object of the reference image (its mask file here; paint "
+             "or box it on the canvas instead) is pasted into the source: drag it into place with Move.\n\n"
+             + _IMAGES,
     "drag_loss": "## Drag with the drag loss\n\nOptimise the latent at the strength step (DragDiffusion-style "
                  "motion supervision), then sample the rest with any sampler (here deterministic DDIM).\n\n"
                  + _IMAGES,
@@ -101,6 +106,18 @@ NOTES = {
     "safe_guidance": "## Safe latent diffusion (SLD)\n\nSteers sampling away from the concept in the "
                      "`Unsafe concept` prompt.\n\nCheckpoint: any SD1.5 checkpoint.",
 }
+
+
+# The red circle of diffeditor_scene.png, painted with one brush dab on the canvas (centre 152,176, radius 72:
+# exactly the pixels of workflows/assets/diffeditor_object_mask.png).
+BRUSH_CIRCLE = {"paint": [[152, 176]], "r": 72}
+
+
+def canvas_state(**layers) -> str:
+    """The DiffEditor Canvas editor text, as the front end writes it (compact JSON, fixed key order)."""
+    state = {"version": 1, "size": [512, 512]}
+    state.update({k: layers[k] for k in ("points", "object", "region") if layers.get(k)})
+    return json.dumps(state, separators=(",", ":"))
 
 
 def _base(image="diffeditor_scene.png", prompt=PROMPT):
@@ -148,17 +165,24 @@ def graphs() -> dict[str, dict]:
                                                   "negative": ("neg", 0), "trajectory": ("invert", 0), "cfg": 1.0})
     out["inversion_reconstruction"] = _finish(g, "reconstruct", "reconstruction")
 
-    g = {**_base(), **_mask("object", "diffeditor_object_mask.png")}
-    g["spec"] = ("DiffEditorMoveSpec", {"mask": ("object", 0), "dx": 96, "dy": 32, "scale": 1.0})
-    out["move"] = _finish(_edit(g, "move"), "edit", "move")
+    g = _base()
+    g["canvas"] = ("DiffEditorCanvas", {"image": ("image", 0), "task": "move", "dx": 96, "dy": 32, "scale": 1.0,
+                                        "editor": canvas_state(object=[BRUSH_CIRCLE])})
+    g["preview"] = ("PreviewImage", {"images": ("canvas", 1)})
+    out["move"] = _finish(_edit(g, "move", spec="canvas"), "edit", "move")
 
-    g = {**_base(), **_mask("object", "diffeditor_object_mask.png")}
-    g["spec"] = ("DiffEditorMoveSpec", {"mask": ("object", 0), "dx": 0, "dy": 0, "scale": 1.3})
-    out["resize"] = _finish(_edit(g, "resize"), "edit", "resize")
+    g = _base()
+    g["canvas"] = ("DiffEditorCanvas", {"image": ("image", 0), "task": "move", "dx": 0, "dy": 0, "scale": 1.3,
+                                        "editor": canvas_state(object=[BRUSH_CIRCLE])})
+    g["preview"] = ("PreviewImage", {"images": ("canvas", 1)})
+    out["resize"] = _finish(_edit(g, "resize", spec="canvas"), "edit", "resize")
 
-    g = {**_base(), **_mask("region", "diffeditor_drag_region.png")}
-    g["spec"] = ("DiffEditorDragSpec", {"points": "152,176->216,176", "mask": ("region", 0)})
-    out["drag"] = _finish(_edit(g, "drag"), "edit", "drag")
+    g = _base()
+    g["canvas"] = ("DiffEditorCanvas", {"image": ("image", 0), "task": "drag", "dx": 0, "dy": 0, "scale": 1.0,
+                                        "editor": canvas_state(points=[[152, 176, 216, 176]],
+                                                               region=[{"box": [96, 96, 320, 256]}])})
+    g["preview"] = ("PreviewImage", {"images": ("canvas", 1)})
+    out["drag"] = _finish(_edit(g, "drag", spec="canvas"), "edit", "drag")
 
     g = _reference({**_base(), **_mask("object", "diffeditor_object_mask.png"),
                     **_mask("ref_object", "diffeditor_reference_mask.png")})
@@ -167,9 +191,11 @@ def graphs() -> dict[str, dict]:
     out["appearance_replace"] = _finish(_edit(g, "appearance_replace"), "edit", "appearance")
 
     g = _reference({**_base(), **_mask("ref_object", "diffeditor_reference_mask.png")})
-    g["spec"] = ("DiffEditorPasteSpec", {"reference": ("ref_invert", 0), "mask": ("ref_object", 0), "dx": 0,
-                                         "dy": 160, "scale": 1.0})
-    out["paste"] = _finish(_edit(g, "paste"), "edit", "paste")
+    g["canvas"] = ("DiffEditorCanvas", {"image": ("image", 0), "task": "paste", "dx": 0, "dy": 160, "scale": 1.0,
+                                        "editor": "", "mask": ("ref_object", 0), "reference_image": ("ref_image", 0),
+                                        "reference": ("ref_invert", 0)})
+    g["preview"] = ("PreviewImage", {"images": ("canvas", 1)})
+    out["paste"] = _finish(_edit(g, "paste", spec="canvas"), "edit", "paste")
 
     g = {**_base(), **_mask("region", "diffeditor_drag_region.png")}
     g["invert"][1]["record_kv_bank"] = False
@@ -218,6 +244,8 @@ def graphs() -> dict[str, dict]:
 
 
 def title(workflow: str, key: str, node_type: str) -> str:
+    if key == "canvas":
+        return CANVAS_TITLES[workflow]
     if key == "spec":
         return SPEC_TITLES.get(workflow, node_type)
     if key == "sample" and node_type == "KSampler":
@@ -319,8 +347,10 @@ def to_api(graph: dict, schema: dict, workflow: str = "") -> dict:
 
 def _height(inputs, outputs, widgets, node_type) -> int:
     h = 46 + 24 * max(len(inputs), len(outputs), 1) + 30 * len(widgets)
-    if node_type in ("LoadImage", "LoadImageMask", "SaveImage"):
+    if node_type in ("LoadImage", "LoadImageMask", "SaveImage", "PreviewImage"):
         h += 260  # image preview
+    if node_type == "DiffEditorCanvas":
+        h += 420  # the canvas editor (a DOM widget, not in widgets_values)
     if node_type == "CLIPTextEncode":
         h += 60  # multiline text box
     return h
@@ -360,7 +390,7 @@ def to_ui(graph: dict, schema: dict, workflow: str = "") -> dict:
     for k in graph:
         if column[k] == 0 and k in consumers:
             column[k] = min(column[c] for c in consumers[k]) - 1
-    x_of = lambda col: 40 + 420 * col  # noqa: E731
+    x_of = lambda col: 40 + 460 * col  # noqa: E731
     nodes, tops = [], {}
     if workflow in NOTES:
         nodes.append({"id": len(graph) + 1, "type": "MarkdownNote", "title": "Read me", "pos": [x_of(0), 40],
@@ -376,7 +406,8 @@ def to_ui(graph: dict, schema: dict, workflow: str = "") -> dict:
         outs = [{"name": o["name"], "type": o["type"], "links": out_links.get((ids[k], n), []), "slot_index": n}
                 for n, o in enumerate(schema[t]["outputs"])]
         widgets = widget_values(schema[t]["inputs"], vals)
-        size = [380 if t in ("CLIPTextEncode", "DiffEditorEdit", "DiffEditorInvert") else 340,
+        size = [420 if t == "DiffEditorCanvas" else 380 if t in ("CLIPTextEncode", "DiffEditorEdit",
+                                                                 "DiffEditorInvert") else 340,
                 _height(ins, outs, widgets, t)]
         y = tops.get(col, 40)
         tops[col] = y + size[1] + 60
