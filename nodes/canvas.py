@@ -17,6 +17,9 @@ from .edit import EditSpecType, EditSpecValue
 
 #: UI output key the front-end editor reads (the images the node saw, like PreviewImage's "images").
 UI_KEY = "diffeditor_canvas"
+#: The same, as a websocket event sent before the editor state is checked: an empty or broken state stops
+#: the node, and the editor still needs the image to draw on.
+EVENT = "diffeditor.canvas"
 
 
 def _one_image(image, name: str) -> torch.Tensor:
@@ -48,6 +51,17 @@ def _saved(image_hw3: torch.Tensor) -> dict:
     return ui.PreviewImage(image_hw3[None].float().cpu(), cls=None).values[0]
 
 
+def _send(node_id, shown: dict) -> None:
+    """Tell the requesting client's editor which images this node saw (no-op without a server)."""
+    try:
+        from server import PromptServer
+    except Exception:  # in-process use without the server
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is not None and node_id is not None:
+        server.send_sync(EVENT, {"node": str(node_id), UI_KEY: shown}, server.client_id)
+
+
 class DiffEditorCanvas(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -57,6 +71,7 @@ class DiffEditorCanvas(io.ComfyNode):
                         "mask, and its move / resize / paste placement; emits the edit spec and a cheap "
                         "preview (no guidance). Every coordinate is in pixels of the image.",
             is_output_node=True,
+            hidden=[io.Hidden.unique_id],
             inputs=[
                 io.Image.Input("image", tooltip="The source image (the one you invert). The editor shows it "
                                                  "and every coordinate is in its pixels."),
@@ -118,6 +133,14 @@ class DiffEditorCanvas(io.ComfyNode):
             if reference is None:
                 raise ValueError("reference: paste needs the DiffEditor Invert trajectory of the reference image")
             reference = check_trajectory(reference, "reference")
+        if m is not None and tuple(m.shape) != (H, W):
+            raise ValueError(f"mask: it is {m.shape[-1]}x{m.shape[-2]} pixels but the image is {W}x{H}")
+        shown = {"source": _saved(img), "size": [W, H]}
+        if ref_img is not None:
+            shown["reference"] = _saved(ref_img)
+        if m is not None:
+            shown["mask"] = _saved(m.float().clamp(0, 1)[..., None].expand(H, W, 3))
+        _send(cls.hidden.unique_id if cls.hidden is not None else None, shown)
         with torch.inference_mode(False):
             r = resolve(task, editor, (W, H), mask=None if m is None else m.detach().clone().float(), dx=dx, dy=dy,
                         scale=scale, max_scale=1.5 if task == "paste" else 10.0)
@@ -131,11 +154,6 @@ class DiffEditorCanvas(io.ComfyNode):
                 spec = cut(obj, r.dx, r.dy, scale=r.scale)
                 preview = preview_move(img, r.mask, r.dx, r.dy, r.scale, source=ref_img)
                 out_mask = obj
-        shown = {"source": _saved(img), "size": [W, H]}
-        if ref_img is not None:
-            shown["reference"] = _saved(ref_img)
-        if m is not None:
-            shown["mask"] = _saved(m.float().clamp(0, 1)[..., None].expand(H, W, 3))
         return io.NodeOutput(EditSpecValue(task, spec, reference if task == "paste" else None), preview[None],
                              out_mask[None], points_text(r.points), ui={UI_KEY: [shown]})
 

@@ -204,9 +204,10 @@ class Session:
         self.page.wait_for_timeout(60)
 
     # ---------------------------------------------------------------------------------- running
-    def run(self, timeout=240, only=None):
+    def run(self, timeout=240, only=None, error=False):
         """Queue with the Run button (``only``: select those output nodes and "Queue Selected Output
-        Nodes"); wait for the prompt to finish; return its /history entry."""
+        Nodes"); wait for the prompt to finish; return its /history entry (``error``: expect it to fail and
+        return the execution_error message)."""
         self.js("""window.__deRuns = [];
             const api = window.comfyAPI.api.api;
             for (const ev of ['execution_success', 'execution_error'])
@@ -221,6 +222,9 @@ class Session:
             runs = self.js("return window.__deRuns")
             if runs:
                 run = runs[0]
+                if error:
+                    assert run["ev"] == "execution_error", json.dumps(run)[:3000]
+                    return run
                 assert run["ev"] == "execution_success", json.dumps(run)[:3000]
                 with urllib.request.urlopen(f"{self.server['url']}/history/{run['prompt_id']}", timeout=10) as r:
                     return json.loads(r.read())[run["prompt_id"]]
@@ -507,3 +511,40 @@ def test_preview_only_run_at_full_size(session, workflow):
     s.focus_node(nid, scale=0.8)
     s.page.wait_for_timeout(500)
     s.shot(f"full_{workflow}_editor_and_preview", nid, preview[0])
+
+
+def test_image_from_the_last_run_when_no_loader_is_wired(session):
+    """Load Image -> Upscale Image By (x2) -> Canvas: before a run the editor has no image; a preview-only
+    run stops at the canvas (nothing drawn yet: the error names the editor), but the node has sent the image
+    it saw, so the editor shows it (128x128) and edits in its pixels."""
+    s = session
+    nid = s.load_workflow("move")
+    s.js("""const canvas = app.graph.getNodeById(arg);
+            const loader = canvas.getInputNode(canvas.findInputSlot('image'));
+            const up = LiteGraph.createNode('ImageScaleBy');
+            up.pos = [loader.pos[0] + 40, loader.pos[1] + 420];
+            app.graph.add(up);
+            up.widgets.find(w => w.name === 'scale_by').value = 2.0;
+            loader.connect(0, up, 0);
+            up.connect(0, canvas, canvas.findInputSlot('image'));""", nid)
+    s.focus_node(nid)
+    where = ".dom-widget"
+    s.action(where, "clear")
+    status = s.page.locator(f"{where} .diffeditor-canvas .de-status").first
+    assert status.inner_text().startswith("No image yet"), status.inner_text()
+    preview = s.node_of("PreviewImage")[0]
+    err = s.run(only=[nid, preview], error=True)
+    assert err["node_type"] == "DiffEditorCanvas"
+    assert err["exception_message"].startswith("editor: the object mask is empty"), err["exception_message"]
+    s.page.locator(".p-dialog-mask").first.wait_for(timeout=10_000)  # the front end shows the error
+    s.shot("lastrun_00_error_dialog")
+    s.page.keyboard.press("Escape")
+    s.page.locator(".p-dialog-mask").first.wait_for(state="detached", timeout=10_000)
+    s.page.wait_for_timeout(300)
+    assert status.inner_text().endswith(f"{2 * SIZE}x{2 * SIZE} px"), status.inner_text()
+    s.tool(where, "box")
+    s.drag(where, (20, 26), (58, 64), (2 * SIZE, 2 * SIZE))
+    assert s.editor_state(nid) == {"version": 1, "size": [2 * SIZE, 2 * SIZE], "object": [{"box": [20, 26, 58, 64]}]}
+    s.shot("lastrun_01_upscaled_image_from_the_run", nid)
+    hist = s.run(only=[nid, preview])  # now it runs, and its UI output carries the same image
+    assert hist["outputs"][str(nid)]["diffeditor_canvas"][0]["size"] == [2 * SIZE, 2 * SIZE]

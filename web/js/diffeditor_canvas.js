@@ -16,7 +16,7 @@ import { parseImageRef, serializeState } from "./canvas_geometry.js";
 
 const NODE_CLASS = "DiffEditorCanvas";
 const UI_KEY = "diffeditor_canvas";
-const controllers = new Map(); // node -> NodeController
+const controllers = new WeakMap(); // node -> NodeController (dropped with the node)
 
 function viewURL(ref) {
   const q = new URLSearchParams({ filename: ref.filename, type: ref.type || "input", subfolder: ref.subfolder || "" });
@@ -223,13 +223,17 @@ app.registerExtension({
     if (node.comfyClass === NODE_CLASS) attach(node);
   },
   setup() {
+    const onShown = (id, shown) => {
+      if (!shown) return;
+      const node = app.graph?.nodes?.find((n) => String(n.id) === String(id));
+      controllers.get(node)?.setLastRun(shown);
+    };
+    // the images the node saw: its UI output, and the same sent before it checks the editor state (so an
+    // empty editor on an image that is not a Load Image file still gets the picture to draw on)
     api.addEventListener("executed", ({ detail }) => {
       const shown = detail?.output?.[UI_KEY];
-      if (!shown?.length) return;
-      const id = detail.display_node ?? detail.node;
-      for (const [node, ctrl] of controllers) {
-        if (String(node.id) === String(id) && node.graph === app.graph) ctrl.setLastRun(shown[shown.length - 1]);
-      }
+      if (shown?.length) onShown(detail.display_node ?? detail.node, shown[shown.length - 1]);
     });
+    api.addEventListener("diffeditor.canvas", ({ detail }) => onShown(detail?.node, detail?.[UI_KEY]));
   },
 });
