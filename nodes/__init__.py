@@ -2,8 +2,8 @@
 
 ``NODE_LIST`` is what the package's V3 entry point (``comfy_entrypoint`` in ``__init__``) registers.
 """
-from .canvas import CANVAS_NODES
 from .common import EDIT_TRAJECTORY, EditTrajectoryType
+from .canvas import CANVAS_NODES
 from .inversion import DiffEditorInvert, DiffEditorReconstruct
 from .drag import DRAG_NODES
 from .edit import EDIT_NODES
