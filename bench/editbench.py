@@ -495,15 +495,16 @@ def run(seed=0, n=32, steps=50, tasks=TASKS, methods=None, weights=ROOT / "model
 
 def from_checkpoints(paths, seed=0, steps=50, tasks=TASKS, weights=ROOT / "models" / "demo" / "weights",
                      random_weights=False, recon_n=8, log=print, family: str = "plain") -> tuple[dict, dict, dict]:
-    """Rebuild a run from ``--checkpoint`` JSONL files (e.g. of a run that was stopped): the scenes that
-    finished every task count (N = their number), the reconstruction PSNR is measured anew on the first
+    """Rebuild a run from ``--checkpoint`` JSONL files (e.g. of a run that was stopped, or runs of the same
+    scenes with different ``--methods``, whose rows are merged): the scenes that finished every task count (N = their number), the reconstruction PSNR is measured anew on the first
     ``recon_n`` of them; no picture grid."""
     done: dict = {}
     for path in paths:
         for line in pathlib.Path(path).read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                done.setdefault(int(r["scene"]), {})[r["task"]] = r["rows"]
+                # rows of one scene and task from several runs (e.g. other ``--methods``) are merged
+                done.setdefault(int(r["scene"]), {}).setdefault(r["task"], {}).update(r["rows"])
     scenes_ok = sorted(i for i, ts in done.items() if all(t in ts for t in tasks))
     if not scenes_ok:
         raise SystemExit(f"no scene finished every task in {list(paths)}")

@@ -3,6 +3,7 @@
 ``NODE_LIST`` is what the package's V3 entry point (``comfy_entrypoint`` in ``__init__``) registers.
 """
 from .common import EDIT_TRAJECTORY, EditTrajectoryType
+from .canvas import CANVAS_NODES
 from .inversion import DiffEditorInvert, DiffEditorReconstruct
 from .drag import DRAG_NODES
 from .edit import EDIT_NODES
@@ -12,6 +13,6 @@ from .sampler import DiffEditorMaskedBlend, DiffEditorSampler
 from .warp import WARP_NODES
 
 NODE_LIST = [DiffEditorInvert, DiffEditorReconstruct, DiffEditorSampler, DiffEditorMaskedBlend, *EDIT_NODES,
-             *WARP_NODES, *ERASURE_NODES, *DRAG_NODES, *IMAGE_PROMPT_NODES]
+             *CANVAS_NODES, *WARP_NODES, *ERASURE_NODES, *DRAG_NODES, *IMAGE_PROMPT_NODES]
 
 __all__ = ["NODE_LIST", "EDIT_TRAJECTORY", "EditTrajectoryType"]

@@ -42,6 +42,16 @@ def test_editbench_smoke_writes_every_key(tmp_path):
     for k in ("ddim", "exact"):
         assert res2["reconstruction"][k]["psnr"] == pytest.approx(res["reconstruction"][k]["psnr"], abs=1e-3)
 
+    # runs of the same scenes with different methods merge: split the checkpoint by method, rebuild from both
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    lines = [json.loads(x) for x in ck.read_text().splitlines() if x.strip()]
+    for path, keep in ((a, lambda m: m == "baseline"), (b, lambda m: m != "baseline")):
+        path.write_text("".join(json.dumps({**r, "rows": {m: v for m, v in r["rows"].items() if keep(m)}}) + "\n"
+                                for r in lines))
+    out3 = tmp_path / "eb3.json"
+    editbench.main(["--steps", "10", "--random-weights", "--out", str(out3), "--from-checkpoints", f"{a},{b}"])
+    assert json.loads(out3.read_text())["tasks"] == res["tasks"]
+
 
 def test_stats_separate_a_lost_object_from_the_typical_scene():
     rows = [{"scene": i, "centroid_err_px": e, "iou": 0.5} for i, e in enumerate([1.0, 2.0, 3.0, 90.5])]

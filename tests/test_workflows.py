@@ -228,8 +228,10 @@ def test_official_presets():
             if node["class_type"] == "DiffEditorInvert":
                 assert (node["inputs"]["steps"], node["inputs"]["scheduler"]) == (50, "ddim_uniform"), path.stem
             if node["class_type"] == "DiffEditorEdit":
-                spec = api[node["inputs"]["spec"][0]]["class_type"]
-                assert node["inputs"]["cfg"] == TASK_DEFAULTS[SPEC_TASK[spec]]["cfg"], f"{path.stem}: edit cfg"
+                spec = api[node["inputs"]["spec"][0]]
+                task = spec["inputs"]["task"] if spec["class_type"] == "DiffEditorCanvas" else \
+                    SPEC_TASK[spec["class_type"]]
+                assert node["inputs"]["cfg"] == TASK_DEFAULTS[task]["cfg"], f"{path.stem}: edit cfg"
             if node["class_type"] == "EmptyLatentImage":
                 assert (node["inputs"]["width"], node["inputs"]["height"]) == (512, 512), path.stem
 

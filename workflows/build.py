@@ -34,8 +34,12 @@ SNAPSHOT = HERE / "schema" / "schema_snapshot.json"
 ASSETS = HERE / "assets"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 CORE_NODES = ("CheckpointLoaderSimple", "CLIPTextEncode", "LoadImage", "LoadImageMask", "VAEEncode", "VAEDecode",
-              "SaveImage", "EmptyLatentImage", "KSampler", "DisableNoise", "CFGGuider", "SamplerCustomAdvanced",
-              "CLIPVisionLoader")
+              "SaveImage", "PreviewImage", "EmptyLatentImage", "KSampler", "DisableNoise", "CFGGuider",
+              "SamplerCustomAdvanced", "CLIPVisionLoader")
+# Pack nodes that workflows/migrate.py writes into migrated workflows of the first interface (the spec nodes
+# the canvas workflows no longer show): in the snapshot so migrated workflows validate against it.
+MIGRATED_NODES = ("DiffEditorMoveSpec", "DiffEditorDragSpec", "DiffEditorPasteSpec", "DiffEditorPasteReference",
+                  "DiffEditorEditOptions")
 # Front-end-only node types (no Python class, never in the API format).
 FRONTEND_ONLY = ("MarkdownNote",)
 # Workflows that need weights no test machine has (a CLIP ViT-H image encoder, the released image-prompt
@@ -76,7 +80,8 @@ TITLES = {
     "region": "Editable region (white = may change)", "ref_image": "Reference image",
     "ref_encode": "VAE Encode (reference)", "ref_invert": "DiffEditor Invert (reference)",
     "ref_object": "Reference object mask (white = object)", "edit": "DiffEditor Edit", "decode": "VAE Decode",
-    "save": "Save Image", "drag": "DiffEditor Drag Optimize", "noise": "Disable Noise (deterministic)",
+    "save": "Save Image", "drag": "DiffEditor Drag Optimize", "preview": "Preview (no model run)",
+    "noise": "Disable Noise (deterministic)",
     "guider": "CFG Guider", "sampler": "DiffEditor Sampler (DDIM)", "sample": "Sample the rest",
     "clip_vision": "CLIP Vision (ViT-H/14)", "ip_weights": "DiffEditor Load Image Prompt",
     "image_prompt": "DiffEditor Image Prompt", "erase": "DiffEditor Erase Concept (UCE)",
@@ -85,10 +90,10 @@ TITLES = {
     "paste_ref": "DiffEditor Paste Reference (scale the object)",
     "warp": "DiffEditor Warp & Inpaint (no guidance)",
 }
-SPEC_TITLES = {"move": "Move spec (dx, dy in pixels)", "resize": "Resize spec (scale about the centre)",
-               "drag": "Drag spec (x1,y1->x2,y2 in pixels)", "appearance_replace": "Appearance spec",
-               "paste": "Paste spec (dx, dy from the reference)", "image_prompt_move": "Move spec (dx, dy in pixels)",
+SPEC_TITLES = {"appearance_replace": "Appearance spec", "image_prompt_move": "Move spec (dx, dy in pixels)",
                "warp_inpaint": "Move spec (dx, dy in pixels)"}
+CANVAS_TITLES = {"move": "Canvas: draw the object, drag it", "resize": "Canvas: draw the object, wheel to resize",
+                 "drag": "Canvas: click handle, then target", "paste": "Canvas: place the reference object"}
 
 _SD15 = ("Checkpoint: any SD1.5 checkpoint in `ComfyUI/models/checkpoints/`; this workflow names "
          "`v1-5-pruned-emaonly.safetensors` from https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5 "
@@ -98,20 +103,27 @@ _IMAGES = ("Images: copy `workflows/assets/*.png` of ComfyUI-DiffEditor into `Co
 _EDIT = ("Invert the source once (DDIM, 50 steps, K,V bank on), describe the edit with a spec node, and "
          "DiffEditor Edit samples it with the official preset. `guidance_strength` pushes harder or softer; "
          "connect a DiffEditor Edit Options node to change anything else.")
+_CANVAS = ("Invert the source once (DDIM, 50 steps, K,V bank on), draw the edit on the **DiffEditor Canvas** node "
+           "(or in the large editor: *open canvas editor*), and DiffEditor Edit samples it with the official preset. "
+           "The preview shows what the edit starts from without running the model. `guidance_strength` pushes "
+           "harder or softer; connect a DiffEditor Edit Options node to change anything else.")
 NOTES = {
     "inversion_reconstruction": "## Inversion / reconstruction\n\nDDIM-invert the source (50 steps, "
                                 "ddim_uniform) and sample it back: the output should match the input.\n\n" + _IMAGES,
-    "move": "## Move an object\n\n" + _EDIT + " The Move spec shifts the masked object by dx, dy pixels.\n\n" + _IMAGES,
-    "resize": "## Resize an object\n\n" + _EDIT + " The spec scales the masked object about its centre.\n\n"
-              + _IMAGES,
-    "drag": "## Drag points\n\n" + _EDIT + " Drag points are `x1,y1->x2,y2` pairs in pixels (one per line); the "
-            "mask limits what may change. The Edit Options node shows every mechanism at its official value.\n\n"
-            + _IMAGES,
+    "move": "## Move an object\n\n" + _CANVAS + " Paint or box the object (Brush / Box), then drag it with Move; "
+            "dx, dy follow (pixels, whole latent cells).\n\n" + _IMAGES,
+    "resize": "## Resize an object\n\n" + _CANVAS + " Paint or box the object, then use the wheel or the corner "
+              "handle in Move: it scales about the object's centre.\n\n" + _IMAGES,
+    "drag": "## Drag points\n\n" + _CANVAS + " Click a handle, then its target (numbered arrows); drag a point to "
+            "adjust it, right-click to delete it. A region box limits what may change. The Edit Options node "
+            "shows every mechanism at its official value.\n\n" + _IMAGES,
     "appearance_replace": "## Replace appearance\n\n" + _EDIT + " The reference image is inverted the same way; "
                           "the masked object takes the appearance of the reference object.\n\n" + _IMAGES,
-    "paste": "## Paste an object\n\n" + _EDIT + " The masked object of the reference image is pasted into the "
-             "source, shifted by dx, dy pixels; DiffEditor Paste Reference resizes it (scale) before the "
-             "reference is encoded and inverted.\n\n" + _IMAGES,
+    "paste": "## Paste an object\n\n" + _CANVAS + " The object of the reference image (its mask file here; paint "
+             "or box it on the canvas instead) is pasted into the source: drag it into place with Move. To resize "
+             "it, set `scale` on DiffEditor Paste Reference, which rescales the reference image and its mask "
+             "before the reference is encoded and inverted (the canvas keeps a pasted object's size).\n\n"
+             + _IMAGES,
     "drag_loss": "## Drag with the drag loss\n\nOptimise the latent at the strength step (DragDiffusion-style "
                  "motion supervision), then sample the rest with any sampler (here deterministic DDIM).\n\n"
                  + _IMAGES,
@@ -131,6 +143,18 @@ NOTES = {
     "safe_guidance": "## Safe latent diffusion (SLD)\n\nSteers sampling away from the concept in the "
                      "`Unsafe concept` prompt.\n\n" + _SD15,
 }
+
+
+# The red circle of diffeditor_scene.png, painted with one brush dab on the canvas (centre 152,176, radius 72:
+# exactly the pixels of workflows/assets/diffeditor_object_mask.png).
+BRUSH_CIRCLE = {"paint": [[152, 176]], "r": 72}
+
+
+def canvas_state(**layers) -> str:
+    """The DiffEditor Canvas editor text, as the front end writes it (compact JSON, fixed key order)."""
+    state = {"version": 1, "size": [512, 512]}
+    state.update({k: layers[k] for k in ("points", "object", "region") if layers.get(k)})
+    return json.dumps(state, separators=(",", ":"))
 
 
 def _base(image="diffeditor_scene.png", prompt=PROMPT):
@@ -185,18 +209,25 @@ def graphs() -> dict[str, dict]:
                                                   "negative": ("neg", 0), "trajectory": ("invert", 0), "cfg": 1.0})
     out["inversion_reconstruction"] = _finish(g, "reconstruct", "reconstruction")
 
-    g = {**_base(), **_mask("object", "diffeditor_object_mask.png")}
-    g["spec"] = ("DiffEditorMoveSpec", {"mask": ("object", 0), "dx": 96, "dy": 32, "scale": 1.0})
-    out["move"] = _finish(_edit(g, "move"), "edit", "move")
+    g = _base()
+    g["canvas"] = ("DiffEditorCanvas", {"image": ("image", 0), "task": "move", "dx": 96, "dy": 32, "scale": 1.0,
+                                        "editor": canvas_state(object=[BRUSH_CIRCLE])})
+    g["preview"] = ("PreviewImage", {"images": ("canvas", 1)})
+    out["move"] = _finish(_edit(g, "move", spec="canvas"), "edit", "move")
 
-    g = {**_base(), **_mask("object", "diffeditor_object_mask.png")}
-    g["spec"] = ("DiffEditorMoveSpec", {"mask": ("object", 0), "dx": 0, "dy": 0, "scale": 1.3})
-    out["resize"] = _finish(_edit(g, "resize"), "edit", "resize")
+    g = _base()
+    g["canvas"] = ("DiffEditorCanvas", {"image": ("image", 0), "task": "move", "dx": 0, "dy": 0, "scale": 1.3,
+                                        "editor": canvas_state(object=[BRUSH_CIRCLE])})
+    g["preview"] = ("PreviewImage", {"images": ("canvas", 1)})
+    out["resize"] = _finish(_edit(g, "resize", spec="canvas"), "edit", "resize")
 
-    g = {**_base(), **_mask("region", "diffeditor_drag_region.png")}
-    g["spec"] = ("DiffEditorDragSpec", {"points": "152,176->216,176", "mask": ("region", 0)})
+    g = _base()
+    g["canvas"] = ("DiffEditorCanvas", {"image": ("image", 0), "task": "drag", "dx": 0, "dy": 0, "scale": 1.0,
+                                        "editor": canvas_state(points=[[152, 176, 216, 176]],
+                                                               region=[{"box": [96, 96, 320, 256]}])})
+    g["preview"] = ("PreviewImage", {"images": ("canvas", 1)})
     g["options"] = ("DiffEditorEditOptions", {})  # every option at its official default
-    out["drag"] = _finish(_edit(g, "drag", options=("options", 0)), "edit", "drag")
+    out["drag"] = _finish(_edit(g, "drag", spec="canvas", options=("options", 0)), "edit", "drag")
 
     g = _reference({**_base(), **_mask("object", "diffeditor_object_mask.png"),
                     **_mask("ref_object", "diffeditor_reference_mask.png")})
@@ -205,9 +236,11 @@ def graphs() -> dict[str, dict]:
     out["appearance_replace"] = _finish(_edit(g, "appearance_replace"), "edit", "appearance")
 
     g = _reference({**_base(), **_mask("ref_object", "diffeditor_reference_mask.png")}, scale=1.0)
-    g["spec"] = ("DiffEditorPasteSpec", {"reference": ("ref_invert", 0), "mask": ("paste_ref", 1), "dx": 0,
-                                         "dy": 160})
-    out["paste"] = _finish(_edit(g, "paste"), "edit", "paste")
+    g["canvas"] = ("DiffEditorCanvas", {"image": ("image", 0), "task": "paste", "dx": 0, "dy": 160, "scale": 1.0,
+                                        "editor": "", "mask": ("paste_ref", 1), "reference_image": ("paste_ref", 0),
+                                        "reference": ("ref_invert", 0)})
+    g["preview"] = ("PreviewImage", {"images": ("canvas", 1)})
+    out["paste"] = _finish(_edit(g, "paste", spec="canvas"), "edit", "paste")
 
     g = {**_base(), **_mask("region", "diffeditor_drag_region.png")}
     g["invert"][1]["record_kv_bank"] = False
@@ -264,6 +297,8 @@ def graphs() -> dict[str, dict]:
 
 
 def title(workflow: str, key: str, node_type: str) -> str:
+    if key == "canvas":
+        return CANVAS_TITLES[workflow]
     if key == "spec":
         return SPEC_TITLES.get(workflow, node_type)
     if key == "sample" and node_type == "KSampler":
@@ -321,7 +356,7 @@ def live_schema(node_types) -> dict:
 
 
 def used_types() -> set[str]:
-    return {t for g in graphs().values() for t, _ in g.values()} | set(CORE_NODES)
+    return {t for g in graphs().values() for t, _ in g.values()} | set(CORE_NODES) | set(MIGRATED_NODES)
 
 
 # ------------------------------------------------------------------------------------------- writers
@@ -365,8 +400,10 @@ def to_api(graph: dict, schema: dict, workflow: str = "") -> dict:
 
 def _height(inputs, outputs, widgets, node_type) -> int:
     h = 46 + 24 * max(len(inputs), len(outputs), 1) + 30 * len(widgets)
-    if node_type in ("LoadImage", "LoadImageMask", "SaveImage"):
+    if node_type in ("LoadImage", "LoadImageMask", "SaveImage", "PreviewImage"):
         h += 260  # image preview
+    if node_type == "DiffEditorCanvas":
+        h += 420  # the canvas editor (a DOM widget, not in widgets_values)
     if node_type == "CLIPTextEncode":
         h += 60  # multiline text box
     return h
@@ -406,7 +443,7 @@ def to_ui(graph: dict, schema: dict, workflow: str = "") -> dict:
     for k in graph:
         if column[k] == 0 and k in consumers:
             column[k] = min(column[c] for c in consumers[k]) - 1
-    x_of = lambda col: 40 + 420 * col  # noqa: E731
+    x_of = lambda col: 40 + 460 * col  # noqa: E731
     nodes, tops = [], {}
     if workflow in NOTES:
         nodes.append({"id": len(graph) + 1, "type": "MarkdownNote", "title": "Read me", "pos": [x_of(0), 40],
@@ -422,7 +459,8 @@ def to_ui(graph: dict, schema: dict, workflow: str = "") -> dict:
         outs = [{"name": o["name"], "type": o["type"], "links": out_links.get((ids[k], n), []), "slot_index": n}
                 for n, o in enumerate(schema[t]["outputs"])]
         widgets = widget_values(schema[t]["inputs"], vals)
-        size = [380 if t in ("CLIPTextEncode", "DiffEditorEdit", "DiffEditorInvert") else 340,
+        size = [420 if t == "DiffEditorCanvas" else 380 if t in ("CLIPTextEncode", "DiffEditorEdit",
+                                                                 "DiffEditorInvert") else 340,
                 _height(ins, outs, widgets, t)]
         y = tops.get(col, 40)
         tops[col] = y + size[1] + 60

@@ -11,6 +11,7 @@ workflow needs weights no test machine has; its thumbnail says so and shows the 
 """
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 
@@ -94,25 +95,25 @@ def _mask(arr) -> torch.Tensor:
 def render(demo: Demo, build, names=None):
     """Yield ``(workflow, [(label, image)])`` from the workflows' own parameters (build.graphs())."""
     from diffeditor.guidance.geometry import paste_reference
-    from diffeditor.guidance.specs import AppearanceSpec, DragSpec, MoveSpec, PasteSpec, parse_points
+    from diffeditor.guidance.specs import AppearanceSpec, DragSpec, MoveSpec, PasteSpec
 
     g = build.graphs()
     src_img, ref_img = demo.src.image(), demo.ref.image()
     obj, ref_obj = _mask(demo.src.masks()[0]), _mask(demo.ref.masks()[0])
-    p = g["drag"]["spec"][1]
-    pairs = [((a * K, b * K), (c * K, d * K)) for (a, b), (c, d) in parse_points(p["points"])]
+    drawn = json.loads(g["drag"]["canvas"][1]["editor"])  # the points drawn on DiffEditor Canvas
+    pairs = [((a * K, b * K), (c * K, d * K)) for a, b, c, d in drawn["points"]]
     region = np.zeros((SIZE, SIZE), np.float32)
     region[12:32, 12:40] = 1  # workflows/assets/diffeditor_drag_region.png at 64x64
     moved = {}
 
     def move(name):
-        p = g[name]["spec"][1]
+        p = g[name]["canvas"][1]  # dx, dy, scale of DiffEditor Canvas
         if name not in moved:
             moved[name] = demo.edit(MoveSpec(obj, p["dx"] * K, p["dy"] * K, scale=p["scale"]), "move")
         return moved[name]
 
     def paste():
-        p = g["paste"]["spec"][1]
+        p = g["paste"]["canvas"][1]
         scale = g["paste"]["paste_ref"][1]["scale"]
         img, m = paste_reference(torch.from_numpy(ref_img)[None], ref_obj, scale, channels_last=True)
         ref_scene = demo.ref if scale == 1.0 else _Scene(img[0].numpy(), demo.ref.caption())

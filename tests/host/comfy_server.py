@@ -37,9 +37,13 @@ def post_json(url, payload, timeout=10):
 
 
 @contextlib.contextmanager
-def running_server(base: pathlib.Path, checkpoint: pathlib.Path):
+def running_server(base: pathlib.Path, checkpoint: pathlib.Path, frontend: bool = False,
+                   settings: dict | None = None):
     """Start ``main.py --cpu`` with the pack (and the test-only nodes) under ``base``; yields a dict with
-    ``url``, ``info`` (/object_info), ``log``, ``ckpt`` (checkpoint name) and ``base``."""
+    ``url``, ``info`` (/object_info), ``log``, ``ckpt`` (checkpoint name) and ``base``.
+
+    ``frontend``: serve the real front end (the installed ``comfyui-frontend-package``) instead of an empty
+    folder; ``settings``: the default user's front-end settings (``user/default/comfy.settings.json``)."""
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_FOLDER).symlink_to(PACK_ROOT, target_is_directory=True)
     (base / "custom_nodes" / "diffeditor_testing_nodes").symlink_to(
@@ -48,14 +52,18 @@ def running_server(base: pathlib.Path, checkpoint: pathlib.Path):
     (base / "checkpoints" / checkpoint.name).symlink_to(checkpoint)
     for d in ("frontend", "out", "temp", "input", "user"):
         (base / d).mkdir()
+    if settings is not None:
+        (base / "user" / "default").mkdir(parents=True)
+        (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(settings))
     yaml = base / "extra_model_paths.yaml"
     yaml.write_text(f"diffeditor_test:\n    base_path: {base}\n    custom_nodes: custom_nodes\n"
                     f"    checkpoints: checkpoints\n")
     port = free_port()
     root = comfy_bootstrap.comfy_root()
     log_path = base / "server.log"
-    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--front-end-root", str(base / "frontend"), "--disable-api-nodes",
+    front = [] if frontend else ["--front-end-root", str(base / "frontend")]
+    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), *front,
+           "--disable-api-nodes",
            "--extra-model-paths-config", str(yaml), "--output-directory", str(base / "out"),
            "--temp-directory", str(base / "temp"), "--input-directory", str(base / "input"),
            "--user-directory", str(base / "user"), "--database-url", "sqlite:///:memory:",

@@ -38,3 +38,21 @@ def pil_to_tensor(pic):
 def to_tensor(pic):
     """PIL image -> float tensor [C, H, W] in [0, 1]."""
     return pil_to_tensor(pic).float() / 255.0
+
+
+
+def __getattr__(name):
+    """``InterpolationMode`` as in torchvision, and ``rotate`` / ``normalize`` that raise when called: what
+    spandrel imports at module level (ComfyUI's upscale-model nodes import spandrel; without them the front
+    end 1.27 fails to build combo widgets, see its modelToNodeStore defaults)."""
+    if name == "InterpolationMode":
+        from . import InterpolationMode
+
+        return InterpolationMode
+    if name in ("rotate", "normalize"):
+        def unavailable(*args, **kwargs):
+            raise NotImplementedError(f"torchvision.transforms.functional.{name} is not available (test stub)")
+
+        unavailable.__name__ = name
+        return unavailable
+    raise AttributeError(name)
