@@ -1,11 +1,14 @@
-"""The embedded demo: move an object with DiffEditor on the project's own demo model.
+"""The embedded demo: move an object on the project's own demo model.
 
     python demo.py                       # writes out/demo.png: source | result | truth
+    python demo.py --compare             # source | DiffEditor (published) | DiffEditor+ | truth
     python demo.py --seed 7 --dx 12 --dy -8 --steps 50 --preset DragonDiffusion
 
 It generates a benchmark scene (its exact "truth" is rendered analytically), inverts it with the demo
 latent diffusion model (models/demo/weights, trained by models/demo/train.py), moves one object with
-the chosen preset, decodes, and reports how far the detected object landed from the truth.
+the chosen preset (default: the pack's ``DiffEditor+``, which for a move warps the object and paints the
+uncovered area; ``DiffEditor`` / ``DragonDiffusion`` are the published guided edits), decodes, and reports
+how far the detected object landed from the truth.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ from diffeditor.bench.detector import detect  # noqa: E402
 from diffeditor.guidance.official import TASK_DEFAULTS  # noqa: E402
 from diffeditor.guidance.tasks import MoveSpec, make_task  # noqa: E402
 from diffeditor.models.demo.load import build_random, load_demo  # noqa: E402
-from diffeditor.samplers.edit import EditStats, preset_schedule  # noqa: E402
+from diffeditor.samplers.edit import PRESETS, EditStats, preset_schedule  # noqa: E402
+from diffeditor.samplers.pack import PACK_PRESET  # noqa: E402
 
 WEIGHTS = ROOT / "models" / "demo" / "weights"
 
@@ -85,8 +89,29 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
-def run(seed=0, dx=None, dy=None, steps=50, preset="DiffEditor", exact_iters=0, out=ROOT / "out" / "demo.png",
-        weights: pathlib.Path | None = WEIGHTS, progress=True) -> dict:
+def edit_with(pipe, preset: str, traj, task, spec, caption: str, seed: int) -> tuple[torch.Tensor, dict]:
+    """One move with ``preset`` (the pack's ``DiffEditor+`` or a published preset): the latent and its calls."""
+    stats = EditStats()
+    cfg = TASK_DEFAULTS["move"]["cfg"]
+    if preset == PACK_PRESET:
+        out = pipe.edit_pack(traj, task, spec, caption, cfg=cfg, seed=seed, stats=stats)
+        return out, {"unet_calls": pipe.last_calls}
+    out = pipe.edit(traj, task, caption, cfg=cfg, schedule=preset_schedule(preset, "move"), seed=seed, stats=stats)
+    return out, stats.as_dict()
+
+
+def object_error(result: np.ndarray, case) -> float:
+    """Distance (px) from the truth's object to the nearest detected object of its colour (NaN: none found)."""
+    obj = case.truth.objects[case.truth_index]
+    dets = [d for d in detect(result) if d["color"] == obj.color]
+    return min((float(np.hypot(d["centroid"][0] - obj.cx, d["centroid"][1] - obj.cy)) for d in dets),
+               default=float("nan"))
+
+
+def run(seed=0, dx=None, dy=None, steps=50, preset=PACK_PRESET, exact_iters=0, out=ROOT / "out" / "demo.png",
+        weights: pathlib.Path | None = WEIGHTS, progress=True, compare=False) -> dict:
+    """Move one object of a scene with ``preset``; ``compare``: also the published DiffEditor preset, side by
+    side in the picture and the report (``diffeditor_*`` keys)."""
     torch.manual_seed(seed)
     case = pick_move(seed, dx, dy)
     pipe = demo_pipeline(weights, progress)
@@ -96,24 +121,25 @@ def run(seed=0, dx=None, dy=None, steps=50, preset="DiffEditor", exact_iters=0, 
     z = pipe.encode_image(src)
     traj = pipe.invert(z, caption, steps=steps, exact_iters=exact_iters)
     t_inv = time.time() - t0
-    task = make_task(MoveSpec(torch.from_numpy(case.source_mask.astype(np.float32)), case.dx, case.dy), z,
-                     pixels_per_latent=pipe.pixels_per_latent)
-    stats = EditStats()
-    t1 = time.time()
-    edited = pipe.edit(traj, task, caption, cfg=TASK_DEFAULTS["move"]["cfg"],
-                       schedule=preset_schedule(preset, "move"), seed=seed, stats=stats)
-    t_edit = time.time() - t1
-    result = pipe.decode(edited)[0].numpy()
-    to_png([case.source_image, result, case.truth_image], pathlib.Path(out))
-    obj = case.truth.objects[case.truth_index]
-    dets = [d for d in detect(result) if d["color"] == obj.color]
-    err = min((float(np.hypot(d["centroid"][0] - obj.cx, d["centroid"][1] - obj.cy)) for d in dets),
-              default=float("nan"))
+    spec = MoveSpec(torch.from_numpy(case.source_mask.astype(np.float32)), case.dx, case.dy)
+    task = make_task(spec, z, pixels_per_latent=pipe.pixels_per_latent)
     keep = ~case.edit_region
-    report = {"caption": caption, "dx": case.dx, "dy": case.dy, "object": obj.phrase(),
-              "centroid_err_px": err, "bg_psnr": psnr(result, case.source_image, keep),
-              "gt_psnr": psnr(result, case.truth_image), "seconds_inversion": t_inv, "seconds_edit": t_edit,
-              **stats.as_dict(), "png": str(out)}
+    report = {"caption": caption, "dx": case.dx, "dy": case.dy, "object": case.truth.objects[case.truth_index].phrase(),
+              "preset": preset, "seconds_inversion": t_inv}
+    panels = [case.source_image]
+    runs = [("diffeditor_", "DiffEditor")] if compare and preset != "DiffEditor" else []
+    for prefix, name in runs + [("", preset)]:
+        t1 = time.time()
+        edited, calls = edit_with(pipe, name, traj, task, spec, caption, seed)
+        t_edit = time.time() - t1
+        result = pipe.decode(edited)[0].numpy()
+        panels.append(result)
+        report.update({f"{prefix}centroid_err_px": object_error(result, case),
+                       f"{prefix}bg_psnr": psnr(result, case.source_image, keep),
+                       f"{prefix}gt_psnr": psnr(result, case.truth_image), f"{prefix}seconds_edit": t_edit,
+                       **{f"{prefix}{k}": v for k, v in calls.items()}})
+    to_png(panels + [case.truth_image], pathlib.Path(out))
+    report["png"] = str(out)
     return report
 
 
@@ -123,7 +149,9 @@ def main(argv=None):
     ap.add_argument("--dx", type=float, default=None, help="pixels (64x64 scene); random when omitted")
     ap.add_argument("--dy", type=float, default=None)
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--preset", default="DiffEditor", choices=["DiffEditor", "DragonDiffusion"])
+    ap.add_argument("--preset", default=PACK_PRESET, choices=[PACK_PRESET, *PRESETS],
+                    help=f"{PACK_PRESET} (the pack's preset, default) or a published preset")
+    ap.add_argument("--compare", action="store_true", help="also run the published DiffEditor preset, side by side")
     ap.add_argument("--exact-iters", type=int, default=0, help="fixed-point refinements per inversion step")
     ap.add_argument("--out", default=str(ROOT / "out" / "demo.png"))
     ap.add_argument("--random-weights", action="store_true", help="untrained model (plumbing check only)")
@@ -131,7 +159,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
     rep = run(a.seed, a.dx, a.dy, a.steps, a.preset, a.exact_iters, a.out,
-              None if a.random_weights else WEIGHTS)
+              None if a.random_weights else WEIGHTS, compare=a.compare)
     for k, v in rep.items():
         print(f"{k:>20}: {v:.3f}" if isinstance(v, float) else f"{k:>20}: {v}")
 

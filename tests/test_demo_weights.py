@@ -68,9 +68,16 @@ def test_exact_inversion_reconstructs_a_scene(model):
 
 
 def test_main_command_moves_the_object(tmp_path):
+    """The README's main command: the pack preset by default, the published DiffEditor preset beside it."""
     import demo
 
-    rep = demo.run(seed=0, steps=20, out=tmp_path / "demo.png", progress=False)
+    rep = demo.run(seed=0, steps=20, out=tmp_path / "demo.png", progress=False, compare=True)
     assert (tmp_path / "demo.png").stat().st_size > 0
-    assert rep["centroid_err_px"] == rep["centroid_err_px"]  # the moved object is found (not NaN)
-    assert rep["centroid_err_px"] < 6.0 and rep["bg_psnr"] > 20.0, rep
+    assert rep["preset"] == "DiffEditor+"
+    for p in ("", "diffeditor_"):  # the moved object is found (not NaN), near the truth; background kept
+        assert rep[f"{p}centroid_err_px"] == rep[f"{p}centroid_err_px"], rep
+        assert rep[f"{p}centroid_err_px"] < 6.0 and rep[f"{p}bg_psnr"] > 20.0, rep
+    # the warp-and-inpaint move paints only the uncovered area from half the schedule: 10 CFG calls at 20
+    # steps, against the guided edit's 20+ (and a locked background)
+    assert rep["unet_calls"] == 10 and rep["diffeditor_cfg_forwards"] >= 20, rep
+    assert rep["bg_psnr"] > rep["diffeditor_bg_psnr"], rep
