@@ -120,7 +120,7 @@ class DiffEditorPipeline:
         """Run DiffEditor's editing loop; ``task`` comes from ``guidance.tasks`` (move, drag, ...).
 
         ``blend``: pin the latent outside its mask to its trajectory after every step of its window
-        (e.g. ``TrajectoryAnchor(trajectory, task.edit_mask)`` keeps the background exactly on the inversion).
+        (e.g. ``TrajectoryAnchor(trajectory, task.edited_region)`` keeps the background exactly on the inversion).
         """
         den = self.denoiser(prompt, negative, cfg)
         host = DiffusersHost(den, interrupt=self.interrupt)
@@ -134,16 +134,16 @@ class DiffEditorPipeline:
                     schedule: EditSchedule | None = None, seed: int = 42, threshold_db: float = 30.0,
                     max_level: int = 3, stats: EditStats | None = None):
         """:meth:`edit` with stability tracking (``samplers/stability.py``): while the edit changes the
-        source outside ``task.edit_mask`` by more than ``threshold_db`` allows, re-run it less aggressively
+        source outside ``task.edited_region`` by more than ``threshold_db`` allows, re-run it less aggressively
         (gentler guidance and SDE, then the background locked, then the source kept outside). Returns
         ``(latent, report)``."""
         from ..samplers.stability import stable_edit
 
         def run(sched, lock):
-            blend = TrajectoryAnchor(trajectory, task.edit_mask) if lock else None
+            blend = TrajectoryAnchor(trajectory, task.edited_region) if lock else None
             return self.edit(trajectory, task, prompt, negative, cfg, sched, seed, stats, blend)
 
-        return stable_edit(run, schedule or preset_schedule(), trajectory.x0, task.edit_mask, threshold_db,
+        return stable_edit(run, schedule or preset_schedule(), trajectory.x0, task.edited_region, threshold_db,
                            max_level)
 
     def edit_pack(self, trajectory: EditTrajectory, task: EditTask, spec, prompt, negative=None, cfg: float = 4.0,

@@ -163,7 +163,7 @@ def run_baseline(pipe, traj, task, prompt, cfg, seed) -> tuple[torch.Tensor, int
     x = init + float(sig[start]) * NoiseSource(seed)(init)
     part = sliced(traj, start)
     den = pipe.denoiser(prompt, None, cfg)
-    out = sample_diffeditor(den, x, sig[start:], blend=TrajectoryAnchor(part, task.edit_mask), disable=True)
+    out = sample_diffeditor(den, x, sig[start:], blend=TrajectoryAnchor(part, task.edited_region), disable=True)
     return out, den.calls
 
 
@@ -171,7 +171,7 @@ def run_guided(pipe, traj, task, prompt, cfg, method, task_name, seed) -> tuple[
     preset = "DragonDiffusion" if method == "dragondiffusion" else "DiffEditor"
     sched = preset_schedule(preset, SCHEDULE_TASK[task_name], **ABLATION.get(method, {}))
     stats = EditStats()
-    blend = TrajectoryAnchor(traj, task.edit_mask) if method == "diffeditor_anchored" else None
+    blend = TrajectoryAnchor(traj, task.edited_region) if method == "diffeditor_anchored" else None
     out = pipe.edit(traj, task, prompt, cfg=cfg, schedule=sched, seed=seed, stats=stats, blend=blend)
     nfe = stats.cfg_forwards + stats.feature_forwards + stats.reference_forwards + stats.renoise_forwards
     return out, nfe

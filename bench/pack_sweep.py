@@ -85,7 +85,7 @@ def sweep_appearance(pipe, first: int, n: int, steps: int = 50, log=print) -> di
         for name, over in APPEARANCE_VARIANTS.items():
             sched = preset_schedule("DiffEditor", "appearance", **over)
             out = pipe.edit(traj, task, case.prompt, cfg=5.0, schedule=sched, seed=first + i,
-                            blend=TrajectoryAnchor(traj, task.edit_mask))
+                            blend=TrajectoryAnchor(traj, task.edited_region))
             res.setdefault(name, []).append(E.object_metrics(pipe.decode(out)[0].numpy(), case))
     for name, rows in res.items():
         log(f"appearance {name}: colour error median {np.median([r['color_err'] for r in rows]):.3f} mean "

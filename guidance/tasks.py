@@ -64,6 +64,13 @@ class GuidanceTask:
         return self.geometry.sde_mask
 
     @property
+    def edited_region(self) -> torch.Tensor:
+        """Where the edit may change the image (latent grid, 1 = free): the edit region and the SDE region, so
+        for a move or resize also the cells the object leaves. The background lock and the stability tracking
+        hold everything else (locking outside ``edit_mask`` alone would keep the moved object where it was)."""
+        return torch.maximum(self.edit_mask, self.sde_mask)
+
+    @property
     def ref_mask_latent(self):
         return self.geometry.ref_mask_latent
 

@@ -39,6 +39,20 @@ def test_moved_mask_equals_shifted_mask_and_source_correspondence():
     assert torch.equal(g.sde_mask, torch.maximum(to_latent(expected), to_latent(g.m_org)))
 
 
+def test_edited_region_frees_the_cells_a_moved_object_leaves():
+    """The background lock holds everything outside ``edited_region``: for a move that must include where the
+    object was (else the lock keeps a copy of it there), for the other tasks it is the edit region."""
+    z = torch.zeros(1, 4, *LAT)
+    move = make_task(MoveSpec(box(32, 64, 40, 72), dx=32, dy=0), z)
+    org, dest = to_latent(move.geometry.m_org), move.edit_mask
+    assert torch.equal(move.edited_region, torch.maximum(org, dest))
+    assert bool((org > dest).any())  # cells the object leaves are free, though not in the edit region
+    shrink = make_task(MoveSpec(box(32, 64, 40, 72), 0, 0, scale=0.5), z)
+    assert torch.equal(shrink.edited_region, to_latent(shrink.geometry.m_org))  # the old outline is free
+    drag = make_task(DragSpec([((40, 40), (56, 40))], box(16, 80, 16, 100)), z)
+    assert torch.equal(drag.edited_region, drag.edit_mask)
+
+
 def test_displacement_rounds_to_whole_latent_cells_in_one_frame():
     g = MoveGeometry.build(MoveSpec(box(32, 64, 40, 72), dx=13, dy=3), LAT)
     assert g.shift_px == (16, 0)  # 13 px -> 2 latent cells; masks and latent use the same shift
