@@ -16,11 +16,14 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 
+from ..samplers.blend import TrajectoryAnchor
+from ..samplers.drag import alternating_drag as run_aldd
 from ..samplers.drag import optimize_drag
 from ..samplers.edit import sample_edit
 from ..samplers.hooks import KVBank, KVInjection
 from ..samplers.inpaint import sample_warp_inpaint
 from ..samplers.inversion import invert
+from ..samplers.pack import sample_pack
 from ..samplers.sampling import sample_diffeditor
 from ..samplers.schedule import check_latent
 from ..samplers.trajectory import EditTrajectory
@@ -86,8 +89,8 @@ def reconstruct(model, positive, negative, trajectory: EditTrajectory, cfg: floa
                   progress_steps=trajectory.steps)
 
 
-def _edit_checked(model, x, sigmas, extra_args=None, callback=None, disable=None, *, trajectory, **kw):
-    """``sample_edit`` behind input checks that name the SamplerCustomAdvanced sockets (sigmas, latent_image)."""
+def _check_sampler_inputs(x, sigmas, trajectory: EditTrajectory) -> None:
+    """Checks of a SAMPLER's inputs that name the SamplerCustomAdvanced sockets (sigmas, latent_image)."""
     try:
         trajectory.check_compatible(sigmas=sigmas, name="the trajectory")
     except ValueError as e:
@@ -98,7 +101,18 @@ def _edit_checked(model, x, sigmas, extra_args=None, callback=None, disable=None
         raise ValueError(f"latent_image: it is {x.shape[-2]}x{x.shape[-1]} latent cells but the trajectory is "
                          f"{trajectory.shape[-2]}x{trajectory.shape[-1]}; give the source latent (or an empty "
                          "latent of the same size)")
+
+
+def _edit_checked(model, x, sigmas, extra_args=None, callback=None, disable=None, *, trajectory, **kw):
+    """``sample_edit`` behind :func:`_check_sampler_inputs`."""
+    _check_sampler_inputs(x, sigmas, trajectory)
     return sample_edit(model, x, sigmas, extra_args, callback, disable, trajectory=trajectory, **kw)
+
+
+def _pack_checked(model, x, sigmas, extra_args=None, callback=None, disable=None, *, trajectory, **kw):
+    """``sample_pack`` (the DiffEditor+ preset) behind :func:`_check_sampler_inputs`."""
+    _check_sampler_inputs(x, sigmas, trajectory)
+    return sample_pack(model, x, sigmas, extra_args, callback, disable, trajectory=trajectory, **kw)
 
 
 def edit_sampler(trajectory: EditTrajectory, task, schedule, seed: int, blend=None) -> comfy.samplers.KSAMPLER:
@@ -123,6 +137,60 @@ def warp_inpaint(model, positive, negative, trajectory: EditTrajectory, warp, re
                            reference=reference, seed=seed, grow=grow)
     return sample(model, sampler, trajectory.sigmas, positive, negative, cfg, shape=trajectory.shape, seed=seed,
                   progress_steps=trajectory.steps)
+
+
+def pack_sampler(trajectory: EditTrajectory, task, plan, warp, seed: int, schedule=None) -> comfy.samplers.KSAMPLER:
+    """The DiffEditor+ preset's plan as a SAMPLER (for SamplerCustomAdvanced with the trajectory's sigmas)."""
+    return make_sampler(_pack_checked, trajectory=trajectory, task=task, plan=plan, warp=warp, seed=seed,
+                        schedule=schedule, with_model_id=True)
+
+
+def edit_pack(model, positive, negative, trajectory: EditTrajectory, task, plan, warp, *, cfg: float, seed: int,
+              schedule=None) -> torch.Tensor:
+    """The edited latent (raw latent space) of one DiffEditor+ edit (``samplers/pack.py``)."""
+    sampler = make_sampler(sample_pack, trajectory=trajectory, task=task, plan=plan, warp=warp, seed=seed,
+                           schedule=schedule, with_model_id=True)
+    return sample(model, sampler, trajectory.sigmas, positive, negative, cfg, shape=trajectory.shape, seed=seed,
+                  progress_steps=trajectory.steps)
+
+
+def stable_edit(model, positive, negative, trajectory: EditTrajectory, task, schedule, *, cfg: float, seed: int,
+                blend=None, plan=None, warp=None, threshold_db: float, max_level: int):
+    """An edit with stability tracking (``samplers/stability.py``): ``(latent, StabilityReport)``.
+
+    The drift is measured in raw latent space against the trajectory's source latent outside the task's edit
+    region; each back-off re-runs the edit (the DiffEditor+ warp plans ignore the gentler schedule: they
+    already lock the background, so only the last level, the input kept outside, changes them)."""
+    from ..samplers.stability import stable_edit as track
+
+    source = model.get_model_object("latent_format").process_out(trajectory.x0.float().cpu())
+
+    def run(sched, lock):
+        if plan is not None:
+            return edit_pack(model, positive, negative, trajectory, task, plan, warp, cfg=cfg, seed=seed,
+                             schedule=sched if plan.method == "guided" else None).float().cpu()
+        anchor = TrajectoryAnchor(trajectory, task.edited_region) if lock else blend
+        return edit(model, positive, negative, trajectory, task, sched, cfg=cfg, seed=seed, blend=anchor).float().cpu()
+
+    return track(run, schedule, source, task.edited_region.cpu(), threshold_db=threshold_db, max_level=max_level)
+
+
+def alternating_drag(model, positive, trajectory: EditTrajectory, start: int, handles, targets, mask, options: dict,
+                     progress: Callable[[int, int], None]):
+    """GoodDrag's AlDD from ``start`` on: ``(latent at the step it stopped, that step, tracked handles, info)``."""
+    result: dict = {}
+
+    def engine(model_k, x, sigmas, extra_args=None, callback=None, disable=None, hooks=None, host=None,
+               model_id=None):
+        x_out, step, final, info = run_aldd(host, trajectory, trajectory.sigmas.to(x), start, handles, targets,
+                                            mask=mask, image_size=(8 * x.shape[-2], 8 * x.shape[-1]),
+                                            progress=progress, like=x, **options)
+        result.update(step=step, final=final, info=info)
+        return x_out
+
+    out = sample(model, make_sampler(engine, with_model_id=True), trajectory.sigmas[start:start + 2], positive,
+                 positive, 1.0, shape=trajectory.shape)
+    return out, result["step"], result["final"], result["info"]
 
 
 def diffeditor_sampler(trajectory, eta, eta_outside, window, eta_mask, kv_trajectory=None,

@@ -1,4 +1,5 @@
-"""DiffEditor Drag Optimize: DragDiffusion-style latent optimisation at one step of an inverted trajectory."""
+"""DiffEditor Drag Optimize: DragDiffusion's latent optimisation at one step of an inverted trajectory, or
+GoodDrag's alternating drag and denoising (AlDD) over several steps."""
 from __future__ import annotations
 
 import comfy.utils
@@ -9,8 +10,12 @@ from ..adapters import comfy_jobs
 from ..adapters.comfy_adapter import check_supported, model_id
 from ..guidance.grids import check_mask_size
 from ..guidance.specs import parse_points
-from ..samplers.drag import strength_step
+from ..samplers.drag import ALDD_DEFAULTS, strength_step
 from .common import CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_mask, check_trajectory
+
+
+#: Drag Optimize's methods
+METHODS = ("DragDiffusion", "AlDD")
 
 
 class DiffEditorDragOptimize(io.ComfyNode):
@@ -40,30 +45,42 @@ class DiffEditorDragOptimize(io.ComfyNode):
                 io.Int.Input("r_p", default=3, min=1, max=16, tooltip="Point-tracking window radius (official 3)."),
                 io.Float.Input("lam", default=0.1, min=0.0, max=100.0, step=0.01,
                                tooltip="Weight keeping the area outside the mask unchanged (official 0.1)."),
+                io.Combo.Input("method", options=list(METHODS), default="DragDiffusion",
+                               tooltip="DragDiffusion: up to 'steps' optimisation steps on one noisy latent. AlDD "
+                                       "(GoodDrag): the drag spread over up to "
+                                       f"{ALDD_DEFAULTS['drag_steps']} sampling steps, each a few motion-supervision "
+                                       "steps then one denoising step, with information-preserving supervision "
+                                       "and a point tracker that refuses look-alike distractors; it uses GoodDrag's "
+                                       f"r_m {ALDD_DEFAULTS['r_m']}, r_p {ALDD_DEFAULTS['r_p']} and lam "
+                                       f"{ALDD_DEFAULTS['lam']:g} (steps, r_m, r_p and lam above are "
+                                       "DragDiffusion's; strength and lr apply to both)."),
                 io.Mask.Input("mask", optional=True, tooltip="Editable region (1 = may change), at the image size "
                                                              "(8x the latent). Without a mask the regulariser is "
                                                              "off."),
             ],
             outputs=[
                 io.Latent.Output("latent", display_name="latent",
-                                 tooltip="The optimised noisy latent at the drag step (raw latent space)."),
+                                 tooltip="The dragged noisy latent (raw latent space) at the step the drag ended."),
                 io.Sigmas.Output("sigmas", display_name="sigmas",
-                                 tooltip="The remaining sigmas from the drag step, for SamplerCustomAdvanced."),
+                                 tooltip="The remaining sigmas from that step, for SamplerCustomAdvanced."),
                 io.String.Output("handles", display_name="handles",
                                  tooltip="Tracked final handle positions in pixels, 'x,y' per line."),
             ])
 
     @classmethod
     def execute(cls, model, positive, negative, trajectory, points, strength=0.7, steps=80, lr=0.01, r_m=1, r_p=3,
-                lam=0.1, mask=None) -> io.NodeOutput:
+                lam=0.1, method="DragDiffusion", mask=None) -> io.NodeOutput:
         check_supported(model, "model")
         check_conditioning(positive, "positive")
+        if method not in METHODS:
+            raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
         traj = check_trajectory(trajectory, "trajectory")
         traj.check_compatible(model_id=model_id(model), name="trajectory")
         H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
         pairs = parse_points(points, W, H)  # messages start with "points:"
         k = strength_step(traj.steps, check_finite(strength, "strength", 0.02, 1.0))
         k = min(k, traj.steps - 1)
+        lr = check_finite(lr, "lr", 1e-6, 10.0)
         m = None
         if mask is not None:
             check_mask(mask, "mask")
@@ -73,13 +90,21 @@ class DiffEditorDragOptimize(io.ComfyNode):
                 raise ValueError(f"{e}; give the editable-region mask at the size of the trajectory's image") from None
             with torch.inference_mode(False):
                 m = m.detach().clone().float()
-        options = dict(steps=int(steps), lr=check_finite(lr, "lr", 1e-6, 10.0), r_m=int(r_m), r_p=int(r_p),
-                       lam=check_finite(lam, "lam", 0.0, 1e4))
-        pbar = comfy.utils.ProgressBar(int(steps))
-        out, final = comfy_jobs.drag(model, positive, traj, k, [p[0] for p in pairs], [p[1] for p in pairs], m,
-                                     options, lambda i, n: pbar.update_absolute(i, n))
+        handles, targets = [p[0] for p in pairs], [p[1] for p in pairs]
+        if method == "AlDD":
+            options = {key: v for key, v in ALDD_DEFAULTS.items() if key != "strength"}
+            options["lr"] = lr
+            pbar = comfy.utils.ProgressBar(options["drag_steps"])
+            out, step, final, _ = comfy_jobs.alternating_drag(model, positive, traj, k, handles, targets, m, options,
+                                                              lambda i, n: pbar.update_absolute(i, n))
+        else:
+            options = dict(steps=int(steps), lr=lr, r_m=int(r_m), r_p=int(r_p), lam=check_finite(lam, "lam", 0.0, 1e4))
+            pbar = comfy.utils.ProgressBar(int(steps))
+            out, final = comfy_jobs.drag(model, positive, traj, k, handles, targets, m, options,
+                                         lambda i, n: pbar.update_absolute(i, n))
+            step = k
         text = "\n".join(f"{x:.1f},{y:.1f}" for x, y in final)
-        return io.NodeOutput({"samples": out}, traj.sigmas[k:].clone(), text)
+        return io.NodeOutput({"samples": out}, traj.sigmas[step:].clone(), text)
 
 
 DRAG_NODES = [DiffEditorDragOptimize]

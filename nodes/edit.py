@@ -17,10 +17,13 @@ from ..adapters import comfy_jobs
 from ..adapters.comfy_adapter import check_supported, model_id
 from ..guidance import official as O
 from ..guidance.geometry import paste_reference
+from ..guidance.grids import LATENT_STRIDE
 from ..guidance.specs import AppearanceSpec, DragSpec, MoveSpec, PasteSpec, parse_points
 from ..guidance.tasks import make_task
+from ..guidance.warp import warp_for_spec
 from ..samplers.blend import TrajectoryAnchor
 from ..samplers.edit import KV_MODES, MECHANISM_MODES, PRESETS, EditKnobs, build_schedule, resolve_cfg
+from ..samplers.pack import PACK_PLANS, PACK_PRESET, pack_plan
 from ..samplers.trajectory import EditTrajectory
 from .common import (CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_mask, check_trajectory)
 
@@ -285,25 +288,37 @@ class DiffEditorEditOptions(io.ComfyNode):
 
 
 # ------------------------------------------------------------------------------------------ edit nodes
+#: the Edit nodes' presets: the pack's own first (the default), then the published ones, unchanged
+PRESET_CHOICES = [PACK_PRESET, *PRESETS]
+
+
 def _main_inputs() -> list:
+    warp_tasks = "/".join(t for t, p in PACK_PLANS.items() if p.method == "warp")
     return [
-        io.Combo.Input("preset", options=list(PRESETS), default="DiffEditor",
-                       tooltip="DiffEditor: regional SDE + time travel + sparse guidance (paper). DragonDiffusion: "
-                               "guidance on every step below 60%, no SDE, no time travel."),
+        io.Combo.Input("preset", options=PRESET_CHOICES, default=PACK_PRESET,
+                       tooltip=f"{PACK_PRESET} (the pack's, default): per task the method the edit benchmark "
+                               f"measured best: {warp_tasks} warp the object and paint only the area it uncovered "
+                               "(fast, background kept); appearance runs DiffEditor's guided edit with the "
+                               "background locked. DiffEditor: the paper (regional SDE + time travel + sparse "
+                               "guidance). DragonDiffusion: guidance on every step below 60%, no SDE, no time "
+                               "travel."),
         io.Int.Input("seed", default=42, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                     tooltip="Seed of the regional SDE noise (official: 42)."),
+                     tooltip="Seed of the regional SDE noise (official: 42) and of the fresh noise DiffEditor+ "
+                             "paints the uncovered area with."),
         io.Float.Input("guidance_strength", default=1.0, min=0.0, max=20.0, step=0.05,
                        tooltip="How hard the edit is pushed: x the task's official guidance (1 = official: energy "
                                + ", ".join(f"{d['energy_scale'] / 1000:g} for {t}" for t, d in O.TASK_DEFAULTS.items())
-                               + " in the official UI's units); 0 = no guidance."),
+                               + " in the official UI's units); 0 = no guidance. DiffEditor+ moves, drags and "
+                               "pastes take no guidance (use DiffEditor Warp & Inpaint for their knobs)."),
         io.Boolean.Input("keep_background", default=False,
                          tooltip="Lock the latent outside the edit region to the source's inverted trajectory "
                                  "after every step, so the background is exactly the source's reconstruction "
                                  "(not in the official code; off = official behaviour, where CFG lets the "
-                                 "background drift)."),
+                                 f"background drift). {PACK_PRESET} always keeps the background."),
         EditOptionsType.Input("options", optional=True,
                               tooltip="Optional DiffEditor Edit Options (SDE, time travel, visual "
-                                      "cross-attention, windows). Without it: the preset's official values."),
+                                      "cross-attention, windows). Without it: the preset's official values. "
+                                      f"{PACK_PRESET} applies them to its guided (appearance) edit."),
     ]
 
 
@@ -313,30 +328,38 @@ def _check_spec(spec) -> None:
                          f"{type(spec).__name__}")
 
 
+def _check_preset(preset) -> None:
+    if preset not in PRESET_CHOICES:
+        raise ValueError(f"preset: expected one of {PRESET_CHOICES}, got {preset!r}")
+
+
 def _schedule(spec, preset, guidance_strength=1.0, options=None):
-    """The schedule of the preset for the spec's task with the user's strength and options."""
+    """The schedule of the preset for the spec's task with the user's strength and options (DiffEditor+ guides
+    with DiffEditor's schedule)."""
     _check_spec(spec)
+    _check_preset(preset)
     if options is not None and not isinstance(options, dict):
         raise ValueError(f"options: expected DIFFEDITOR_EDIT_OPTIONS from DiffEditor Edit Options, got "
                          f"{type(options).__name__}")
     knobs = EditKnobs(guidance_strength=guidance_strength, **(options or {}))
-    return build_schedule(preset, spec.task, knobs)
+    return build_schedule("DiffEditor" if preset == PACK_PRESET else preset, spec.task, knobs)
 
 
 def _anchor(trajectory: EditTrajectory, task, keep_background) -> TrajectoryAnchor | None:
     """``keep_background``: the trajectory anchor outside the task's edit region (else None)."""
     if not isinstance(keep_background, bool):
         raise ValueError(f"keep_background: expected a boolean, got {keep_background!r}")
-    return TrajectoryAnchor(trajectory, task.edit_mask) if keep_background else None
+    return TrajectoryAnchor(trajectory, task.edited_region) if keep_background else None
 
 
-def _task(spec, trajectory: EditTrajectory, mid: str):
-    """Build the task geometry for the trajectory's latent (pixel size = 8 x latent size)."""
+def _task(spec, trajectory: EditTrajectory, mid: str, need_bank: bool = True):
+    """Build the task geometry for the trajectory's latent (pixel size = 8 x latent size); ``need_bank``: the
+    reference trajectory must carry a K,V bank (guided appearance and paste compose both images' K,V)."""
     _check_spec(spec)
     if spec.reference is not None:
         spec.reference.check_compatible(model_id=mid, sigmas=trajectory.sigmas, shape=trajectory.shape,
                                         name="reference trajectory")
-        if spec.reference.bank is None:
+        if need_bank and spec.reference.bank is None:
             raise ValueError("reference trajectory: it has no K,V bank; enable 'record_kv_bank' in its DiffEditor "
                              "Invert node (appearance and paste compose both images' K,V)")
     with torch.inference_mode(False):
@@ -346,10 +369,53 @@ def _task(spec, trajectory: EditTrajectory, mid: str):
             raise ValueError(f"spec: {e}") from None
 
 
+def spec_warp(spec, trajectory: EditTrajectory, object_mask=None):
+    """The latent warp of a move/resize, drag or paste spec on the trajectory's grid; errors name the input."""
+    _check_spec(spec)
+    if spec.task not in ("move", "drag", "paste"):
+        raise ValueError(f"spec: a warp moves objects (move/resize, drag, paste specs), not {spec.task}")
+    with torch.inference_mode(False):
+        try:
+            return warp_for_spec(spec.spec, tuple(trajectory.shape[-2:]), LATENT_STRIDE, object_mask=object_mask)
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.split(":")[0] in ("object_mask", "points", "mask", "spec")
+                             else f"spec: {msg}") from None
+
+
 def _check_bank(trajectory: EditTrajectory, schedule) -> None:
     if schedule.kv_mode is not None and trajectory.bank is None:
         raise ValueError("trajectory: it has no K,V bank but visual cross-attention is on; enable 'record_kv_bank' "
                          "in DiffEditor Invert, or set visual_cross_attention to off in DiffEditor Edit Options")
+
+
+@dataclass
+class EditPlan:
+    """What an Edit node runs: the task, its schedule, and for DiffEditor+ the plan and (warp plans) the warp."""
+
+    task: object
+    schedule: object
+    blend: TrajectoryAnchor | None = None
+    plan: object = None
+    warp: object = None
+
+
+def edit_plan(spec, trajectory: EditTrajectory, mid, preset, guidance_strength, keep_background, options) -> EditPlan:
+    """Check the Edit nodes' inputs and resolve the preset (one place for the Edit, Edit Sampler and Stable
+    Edit nodes)."""
+    schedule = _schedule(spec, preset, guidance_strength, options)
+    if not isinstance(keep_background, bool):
+        raise ValueError(f"keep_background: expected a boolean, got {keep_background!r}")
+    if preset != PACK_PRESET:
+        _check_bank(trajectory, schedule)
+        task = _task(spec, trajectory, mid)
+        return EditPlan(task, schedule, _anchor(trajectory, task, keep_background))
+    plan = pack_plan(spec.task)
+    if plan.method == "warp":
+        return EditPlan(_task(spec, trajectory, mid, need_bank=False), schedule, None, plan,
+                        spec_warp(spec, trajectory))
+    _check_bank(trajectory, schedule)
+    return EditPlan(_task(spec, trajectory, mid), schedule, None, plan)
 
 
 class DiffEditorEditSampler(io.ComfyNode):
@@ -366,13 +432,13 @@ class DiffEditorEditSampler(io.ComfyNode):
                                        tooltip="SAMPLER for SamplerCustomAdvanced (with the trajectory's SIGMAS).")])
 
     @classmethod
-    def execute(cls, trajectory, spec, preset="DiffEditor", seed=42, guidance_strength=1.0, keep_background=False,
+    def execute(cls, trajectory, spec, preset=PACK_PRESET, seed=42, guidance_strength=1.0, keep_background=False,
                 options=None) -> io.NodeOutput:
         traj = check_trajectory(trajectory, "trajectory")
-        schedule = _schedule(spec, preset, guidance_strength, options)
-        _check_bank(traj, schedule)
-        task = _task(spec, traj, None)
-        return io.NodeOutput(comfy_jobs.edit_sampler(traj, task, schedule, seed, _anchor(traj, task, keep_background)))
+        p = edit_plan(spec, traj, None, preset, guidance_strength, keep_background, options)
+        if p.plan is not None:
+            return io.NodeOutput(comfy_jobs.pack_sampler(traj, p.task, p.plan, p.warp, seed, p.schedule))
+        return io.NodeOutput(comfy_jobs.edit_sampler(traj, p.task, p.schedule, seed, p.blend))
 
 
 class DiffEditorEdit(io.ComfyNode):
@@ -399,22 +465,32 @@ class DiffEditorEdit(io.ComfyNode):
                                       tooltip="The edited latent (raw latent space), ready for VAE Decode.")])
 
     @classmethod
-    def execute(cls, model, positive, negative, trajectory, spec, cfg=-1.0, preset="DiffEditor", seed=42,
+    def execute(cls, model, positive, negative, trajectory, spec, cfg=-1.0, preset=PACK_PRESET, seed=42,
                 guidance_strength=1.0, keep_background=False, options=None) -> io.NodeOutput:
-        check_supported(model, "model")
-        model = model.clone()  # the run installs its hooks on copies of model_options only
-        check_conditioning(positive, "positive")
-        check_conditioning(negative, "negative")
-        traj = check_trajectory(trajectory, "trajectory")
-        mid = model_id(model)
-        traj.check_compatible(model_id=mid, name="trajectory")
-        schedule = _schedule(spec, preset, guidance_strength, options)
-        cfg = resolve_cfg(cfg, spec.task)
-        _check_bank(traj, schedule)
-        task = _task(spec, traj, mid)
-        out = comfy_jobs.edit(model, positive, negative, traj, task, schedule, cfg=cfg, seed=seed,
-                              blend=_anchor(traj, task, keep_background))
+        model, traj, cfg, p = edit_inputs(model, positive, negative, trajectory, spec, cfg, preset, guidance_strength,
+                                          keep_background, options)
+        if p.plan is not None:
+            out = comfy_jobs.edit_pack(model, positive, negative, traj, p.task, p.plan, p.warp, cfg=cfg, seed=seed,
+                                       schedule=p.schedule)
+        else:
+            out = comfy_jobs.edit(model, positive, negative, traj, p.task, p.schedule, cfg=cfg, seed=seed,
+                                  blend=p.blend)
         return io.NodeOutput({"samples": out})
+
+
+def edit_inputs(model, positive, negative, trajectory, spec, cfg, preset, guidance_strength, keep_background,
+                options):
+    """The Edit and Stable Edit nodes' checks: ``(model clone, trajectory, cfg, EditPlan)``."""
+    check_supported(model, "model")
+    model = model.clone()  # the run installs its hooks on copies of model_options only
+    check_conditioning(positive, "positive")
+    check_conditioning(negative, "negative")
+    traj = check_trajectory(trajectory, "trajectory")
+    mid = model_id(model)
+    traj.check_compatible(model_id=mid, name="trajectory")
+    _check_spec(spec)
+    cfg = resolve_cfg(cfg, spec.task)
+    return model, traj, cfg, edit_plan(spec, traj, mid, preset, guidance_strength, keep_background, options)
 
 
 EDIT_NODES = [DiffEditorMoveSpec, DiffEditorDragSpec, DiffEditorAppearanceSpec, DiffEditorPasteSpec,

@@ -6,11 +6,9 @@ from comfy_api.latest import io
 
 from ..adapters import comfy_jobs
 from ..adapters.comfy_adapter import check_supported, model_id
-from ..guidance.grids import LATENT_STRIDE
-from ..guidance.warp import warp_for_spec
 from ..samplers.inpaint import fill_hole, warped_trajectory
 from .common import CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_trajectory
-from .edit import EditSpecType, _check_spec, _mask2d
+from .edit import EditSpecType, _check_spec, _mask2d, spec_warp
 
 
 class DiffEditorWarpInpaint(io.ComfyNode):
@@ -66,19 +64,12 @@ class DiffEditorWarpInpaint(io.ComfyNode):
         _check_spec(spec)
         strength = check_finite(strength, "strength", 0.02, 1.0)
         cfg = check_finite(cfg, "cfg", 0.0, 100.0)
-        if spec.task not in ("move", "drag", "paste"):
-            raise ValueError(f"spec: Warp & Inpaint moves objects (move/resize, drag, paste specs), not {spec.task}")
         if spec.reference is not None:
             spec.reference.check_compatible(model_id=mid, sigmas=traj.sigmas, shape=traj.shape,
                                             name="reference trajectory")
         obj = None if object_mask is None else _mask2d(object_mask, "object_mask")
+        warp = spec_warp(spec, traj, obj)
         with torch.inference_mode(False):
-            try:
-                warp = warp_for_spec(spec.spec, tuple(traj.shape[-2:]), LATENT_STRIDE, object_mask=obj)
-            except ValueError as e:
-                msg = str(e)
-                raise ValueError(msg if msg.split(":")[0] in ("object_mask", "points", "mask", "spec")
-                                 else f"spec: {msg}") from None
             start = fill_hole(warped_trajectory(traj, warp, spec.reference).x0, warp.hole)
         out = comfy_jobs.warp_inpaint(model, positive, negative, traj, warp, spec.reference, strength=strength,
                                       cfg=cfg, seed=seed, grow=int(grow))

@@ -194,7 +194,7 @@ def alternating_drag(host: EditHost, trajectory, sigmas: torch.Tensor, start: in
                      iters_per_track: int = 10, lr: float = 0.01, r_m: int = 4, r_p: int = 12, beta: float = 4.0,
                      lam: float = 0.2, loss_threshold: float = 4.0, max_no_change: int = 10,
                      feature_level: int | None = None, image_size=None,
-                     progress: Callable[[int, int], None] | None = None):
+                     progress: Callable[[int, int], None] | None = None, like: torch.Tensor | None = None):
     """GoodDrag's Alternating Drag and Denoising on an inverted ``trajectory`` (latents in sigma space).
 
     From sampling step ``start`` on, for up to ``drag_steps`` steps: re-track the handles on the new step,
@@ -223,7 +223,7 @@ def alternating_drag(host: EditHost, trajectory, sigmas: torch.Tensor, start: in
         raise ValueError(f"beta must be > 0, got {beta}")
     if not (math.isfinite(lam) and lam >= 0):
         raise ValueError(f"lam must be >= 0, got {lam}")
-    x = trajectory.at(int(start))
+    x = trajectory.at(int(start), like=like)  # ``like``: the device and dtype to drag on (default: stored)
     H, W = (int(v) for v in image_size) if image_size is not None else (8 * x.shape[-2], 8 * x.shape[-1])
     hp = _check_points(handles_px, "handles", (H, W))
     tp = _check_points(targets_px, "targets", (H, W))

@@ -62,8 +62,11 @@ def pack_plan(task: str) -> PackPlan:
 @torch.no_grad()
 def sample_pack(model, x, sigmas, extra_args=None, callback=None, disable=None, *, host, hooks,
                 trajectory: EditTrajectory, task, plan: PackPlan, warp: LatentWarp | None = None,
-                seed: int | None = None, model_id: str | None = None, stats=None) -> torch.Tensor:
-    """Run ``plan`` for ``task`` (a ``GuidanceTask``); a "warp" plan needs the spec's ``warp``."""
+                seed: int | None = None, model_id: str | None = None, stats=None,
+                schedule: EditSchedule | None = None) -> torch.Tensor:
+    """Run ``plan`` for ``task`` (a ``GuidanceTask``); a "warp" plan needs the spec's ``warp``. ``schedule``
+    replaces a "guided" plan's own (e.g. the user's guidance strength and options on the Edit nodes); the
+    background lock is part of the plan either way."""
     if plan.method == "warp":
         if warp is None:
             raise ValueError(f"the {PACK_PRESET} plan for {task.task} warps the object: give its warp")
@@ -72,6 +75,7 @@ def sample_pack(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                                    grow=plan.grow, host=host)
     if plan.method == "guided":
         return sample_edit(model, x, sigmas, extra_args, callback, disable, host=host, hooks=hooks,
-                           trajectory=trajectory, task=task, schedule=plan.schedule(task.task), seed=seed,
-                           blend=TrajectoryAnchor(trajectory, task.edit_mask), model_id=model_id, stats=stats)
+                           trajectory=trajectory, task=task,
+                           schedule=plan.schedule(task.task) if schedule is None else schedule, seed=seed,
+                           blend=TrajectoryAnchor(trajectory, task.edited_region), model_id=model_id, stats=stats)
     raise ValueError(f"unknown pack plan method {plan.method!r}")

@@ -100,12 +100,16 @@ def test_keep_background_locks_the_outside_to_the_trajectory(sd15_model, conds, 
     H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
     spec = run(DiffEditorMoveSpec, mask=square_mask(H, W, 32, 64, 24, 56), dx=32, dy=0, scale=1.0)[0]
     sf = sd15_model.model.latent_format.scale_factor
-    outside = (_task(spec, traj, None).edit_mask < 0.5).expand(traj.shape)
+    task = _task(spec, traj, None)
+    outside = (task.edited_region < 0.5).expand(traj.shape)
     free = edit(sd15_model, conds, traj, spec) * sf
     kept = edit(sd15_model, conds, traj, spec, keep_background=True) * sf
     assert torch.allclose(kept[outside], traj.x0[outside], atol=1e-5)  # the source's reconstruction, exactly
     assert float((free - traj.x0)[outside].abs().max()) > 1e-3  # the official behaviour drifts there
     assert float((kept - traj.x0)[~outside].abs().max()) > 1e-3  # and the edit still happens inside
+    # the cells the object leaves are not held to the source (else the object would stay there too)
+    left = ((task.edited_region > 0.5) & (task.edit_mask < 0.5)).expand(traj.shape)
+    assert bool(left.any()) and float((kept - traj.x0)[left].abs().mean()) > 1e-3
     # the Edit Sampler takes the same switch
     sampler = run(DiffEditorEditSampler, trajectory=traj, spec=spec, **dict(KNOBS, keep_background=True))[0]
     adv = advanced(sd15_model, conds, sampler, sigmas, traj.shape, cfg=4.0) * sf

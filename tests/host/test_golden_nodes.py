@@ -31,6 +31,13 @@ def _new_inputs(preset, task, old):
     return main
 
 
+#: outputs that changed on purpose since the golden file was recorded, and why. ``keep_background`` is the pack's
+#: lock (not in the official code): for a move it used to hold everything outside the destination, so the
+#: object also stayed where it was; it now frees the cells the object leaves (``task.edited_region``). The
+#: official settings (keep_background off) are untouched.
+INTENDED = {"edit/move/DiffEditor/sde_tt_on_keep", "sampler/move/DiffEditor/sde_tt_on_keep"}
+
+
 def test_edit_nodes_reproduce_the_first_interface_bit_for_bit(golden):
     import diffeditor.nodes.edit as E
 
@@ -60,4 +67,4 @@ def test_edit_nodes_reproduce_the_first_interface_bit_for_bit(golden):
     finally:
         torch.set_num_threads(n)
     assert options_used == 6  # the three non-default knob sets went through DiffEditor Edit Options
-    assert not changed, f"outputs changed (max abs difference): {changed}"
+    assert set(changed) == INTENDED, f"outputs changed (max abs difference): {changed}"
