@@ -16,7 +16,7 @@ WF = pathlib.Path(__file__).resolve().parents[1] / "workflows"
 SCHEMA = json.loads((WF / "schema" / "schema_snapshot.json").read_text())
 UI_FILES = sorted(WF.glob("*.json"))
 EXPECTED = {"inversion_reconstruction", "move", "resize", "drag", "appearance_replace", "paste", "erase_concept",
-            "safe_guidance", "drag_loss", "image_prompt_move", "warp_inpaint"}
+            "safe_guidance", "drag_loss", "image_prompt_move", "warp_inpaint", "multi_turn"}
 LEGACY = pathlib.Path(__file__).resolve().parent / "data" / "legacy_workflows"
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
 # DiffEditor Edit: the task its spec node describes
@@ -234,6 +234,38 @@ def test_official_presets():
                 assert node["inputs"]["cfg"] == TASK_DEFAULTS[task]["cfg"], f"{path.stem}: edit cfg"
             if node["class_type"] == "EmptyLatentImage":
                 assert (node["inputs"]["width"], node["inputs"]["height"]) == (512, 512), path.stem
+
+
+def test_edit_workflows_use_the_pack_preset_and_the_image_prompt_the_published_one():
+    for path in UI_FILES:
+        _, api = _load(path)
+        for node in api.values():
+            if node["class_type"] in ("DiffEditorEdit", "DiffEditorStableEdit"):
+                want = "DiffEditor" if "image prompt" in path.stem else "DiffEditor+"
+                assert node["inputs"]["preset"] == want, path.stem
+
+
+def test_multi_turn_chains_three_tracked_edits():
+    """Each turn edits the previous turn's result: its inversion takes that latent, its canvas shows that image."""
+    path = next(p for p in UI_FILES if "chained" in p.stem)
+    _, api = _load(path)
+    stable = {nid: n for nid, n in api.items() if n["class_type"] == "DiffEditorStableEdit"}
+    assert len(stable) == 3
+    first = [nid for nid, n in stable.items() if api[n["inputs"]["trajectory"][0]]["inputs"]["latent"][0] not in stable]
+    assert len(first) == 1
+    nid, turns = first[0], 1
+    while True:
+        nxt = [k for k, n in stable.items()
+               if api[n["inputs"]["trajectory"][0]]["inputs"]["latent"][0] == nid]
+        if not nxt:
+            break
+        canvas = api[stable[nxt[0]]["inputs"]["spec"][0]]
+        decoded = api[canvas["inputs"]["image"][0]]
+        assert decoded["class_type"] == "VAEDecode" and decoded["inputs"]["samples"][0] == nid
+        nid, turns = nxt[0], turns + 1
+    assert turns == 3
+    for n in stable.values():
+        assert n["inputs"]["max_level"] == 3 and n["inputs"]["threshold_db"] == 30.0
 
 
 def test_assets_are_shipped_small_and_all_used():

@@ -54,7 +54,10 @@ PROMPT = "a red circle, a blue square and a green triangle on a sand background"
 # Official DiffEditor presets: 50 DDIM steps on the ddim_uniform schedule, inversion without CFG.
 INVERT = dict(steps=50, scheduler="ddim_uniform", cfg=1.0, exact=False, exact_iters=10, record_kv_bank=True,
               bank_start=0.0, bank_end=1.0, kv_budget_mb=4096.0)
-KNOBS = dict(preset="DiffEditor", seed=42, guidance_strength=1.0, keep_background=False)
+KNOBS = dict(preset="DiffEditor+", seed=42, guidance_strength=1.0, keep_background=False)
+# The workflow that shows the paper's image prompt keeps the published preset (its guided edit is what the
+# image prompt steers); every other edit uses the pack's preset, the Edit nodes' default.
+PUBLISHED_PRESET = ("image_prompt_move",)
 # Node types whose required widgets may be left to their schema defaults: DiffEditor Edit Options' defaults
 # are the official values (guidance/official.py), so a graph shows them without restating a number.
 DEFAULTS_ARE_OFFICIAL = ("DiffEditorEditOptions",)
@@ -71,7 +74,8 @@ NAMES = {"inversion_reconstruction": "DiffEditor - Invert and reconstruct", "mov
          "drag_loss": "DiffEditor - Drag with the drag loss",
          "image_prompt_move": "DiffEditor - Move with an image prompt",
          "erase_concept": "DiffEditor - Erase a concept (UCE)", "safe_guidance": "DiffEditor - Safe guidance (SLD)",
-         "warp_inpaint": "DiffEditor - Fast move (Warp and Inpaint)"}
+         "warp_inpaint": "DiffEditor - Fast move (Warp and Inpaint)",
+         "multi_turn": "DiffEditor - Three chained edits (stability tracking)"}
 
 TITLES = {
     "ckpt": "Load Checkpoint (SD1.5)", "pos": "Prompt (describe the image)", "neg": "Negative prompt",
@@ -89,10 +93,16 @@ TITLES = {
     "options": "DiffEditor Edit Options (optional; defaults = official)",
     "paste_ref": "DiffEditor Paste Reference (scale the object)",
     "warp": "DiffEditor Warp & Inpaint (no guidance)",
+    "stable1": "Turn 1: DiffEditor Stable Edit", "stable2": "Turn 2: DiffEditor Stable Edit",
+    "stable3": "Turn 3: DiffEditor Stable Edit", "decode1": "VAE Decode (turn 1)", "decode2": "VAE Decode (turn 2)",
+    "invert2": "DiffEditor Invert (turn 1's result)", "invert3": "DiffEditor Invert (turn 2's result)",
+    "preview1": "Preview (turn 1)", "preview2": "Preview (turn 2)",
 }
 SPEC_TITLES = {"appearance_replace": "Appearance spec", "image_prompt_move": "Move spec (dx, dy in pixels)",
                "warp_inpaint": "Move spec (dx, dy in pixels)"}
-CANVAS_TITLES = {"move": "Canvas: draw the object, drag it", "resize": "Canvas: draw the object, wheel to resize",
+CANVAS_TITLES = {"canvas1": "Turn 1 canvas: move the circle", "canvas2": "Turn 2 canvas: move the square",
+                 "canvas3": "Turn 3 canvas: shrink the triangle",
+                 "move": "Canvas: draw the object, drag it", "resize": "Canvas: draw the object, wheel to resize",
                  "drag": "Canvas: click handle, then target", "paste": "Canvas: place the reference object"}
 
 _SD15 = ("Checkpoint: any SD1.5 checkpoint in `ComfyUI/models/checkpoints/`; this workflow names "
@@ -101,10 +111,13 @@ _SD15 = ("Checkpoint: any SD1.5 checkpoint in `ComfyUI/models/checkpoints/`; thi
 _IMAGES = ("Images: copy `workflows/assets/*.png` of ComfyUI-DiffEditor into `ComfyUI/input/` "
            "(masks: white = 1).\n\n" + _SD15)
 _EDIT = ("Invert the source once (DDIM, 50 steps, K,V bank on), describe the edit with a spec node, and "
-         "DiffEditor Edit samples it with the official preset. `guidance_strength` pushes harder or softer; "
+         "DiffEditor Edit samples it (`preset`: DiffEditor+, the pack's default, or the published DiffEditor and "
+         "DragonDiffusion). `guidance_strength` pushes harder or softer; "
          "connect a DiffEditor Edit Options node to change anything else.")
 _CANVAS = ("Invert the source once (DDIM, 50 steps, K,V bank on), draw the edit on the **DiffEditor Canvas** node "
-           "(or in the large editor: *open canvas editor*), and DiffEditor Edit samples it with the official preset. "
+           "(or in the large editor: *open canvas editor*), and DiffEditor Edit runs it with the pack's preset "
+           "DiffEditor+ (for a move, resize, drag or paste: the object warped and only the uncovered area painted; "
+           "pick `DiffEditor` or `DragonDiffusion` for the published guided edits). "
            "The preview shows what the edit starts from without running the model. `guidance_strength` pushes "
            "harder or softer; connect a DiffEditor Edit Options node to change anything else.")
 NOTES = {
@@ -132,12 +145,22 @@ NOTES = {
                          "`ComfyUI/models/clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors`; and DiffEditor's "
                          "image-prompt weights `ip_sd15_64.bin` from https://huggingface.co/Adapter/DragonDiffusion, "
                          "converted once with `guidance.ip_weights.convert_to_safetensors` to "
-                         "`ComfyUI/models/diffeditor/ip_sd15_64.safetensors`.\n\n" + _EDIT + "\n\n" + _IMAGES,
+                         "`ComfyUI/models/diffeditor/ip_sd15_64.safetensors`.\n\n" + _EDIT + " This workflow uses "
+                         "the published DiffEditor preset: the image prompt steers its guided edit.\n\n" + _IMAGES,
     "warp_inpaint": "## Fast move (Warp & Inpaint)\n\nInvert the source once (no K,V bank needed); DiffEditor Warp & "
                     "Inpaint moves the masked object on the latent grid and paints only the area it uncovered, "
                     "over the last `strength` of the schedule: no guidance, no gradients, a fraction of an edit's "
                     "model calls. Its `start` output previews the warp before any model call. The same spec "
                     "nodes work (move/resize, drag, paste).\n\n" + _IMAGES,
+    "multi_turn": "## Three chained edits with stability tracking\n\nEach turn edits the previous turn's result: "
+                  "it is inverted again (no VAE round trip: the latent goes straight into DiffEditor Invert), the "
+                  "edit is drawn on a Canvas that shows that result (queue once to see turns 2 and 3's images), "
+                  "and **DiffEditor Stable Edit** runs it: it measures how much the edit changed the image outside "
+                  "the edited region and, below `threshold_db`, runs it again less aggressively (gentler "
+                  "guidance and SDE, then the background locked, then the input kept outside), up to "
+                  "`max_level`. Its `report` output says what each turn did (wire it to core's *Preview Any* "
+                  "to read it). With the published presets the "
+                  "background drifts a little more every turn; the tracking stops that.\n\n" + _IMAGES,
     "erase_concept": "## Erase a concept (UCE)\n\nEdits the cross-attention projections so the concepts are no "
                      "longer drawn (one per line); `preserve` lists concepts to keep.\n\n" + _SD15,
     "safe_guidance": "## Safe latent diffusion (SLD)\n\nSteers sampling away from the concept in the "
@@ -176,7 +199,8 @@ def _finish(g, latent_src, prefix):
 
 
 def _edit(g, name, spec="spec", **over):
-    g["edit"] = ("DiffEditorEdit", dict(KNOBS, **dict(dict(cfg=TASK_CFG[EDIT_TASK[name]], model=("ckpt", 0),
+    knobs = dict(KNOBS, preset="DiffEditor") if name in PUBLISHED_PRESET else KNOBS
+    g["edit"] = ("DiffEditorEdit", dict(knobs, **dict(dict(cfg=TASK_CFG[EDIT_TASK[name]], model=("ckpt", 0),
                                                            positive=("pos", 0), negative=("neg", 0),
                                                            trajectory=("invert", 0), spec=(spec, 0)), **over)))
     return g
@@ -247,7 +271,7 @@ def graphs() -> dict[str, dict]:
     g["drag"] = ("DiffEditorDragOptimize", {"model": ("ckpt", 0), "positive": ("pos", 0), "negative": ("neg", 0),
                                             "trajectory": ("invert", 0), "points": "152,176->216,176",
                                             "strength": 0.7, "steps": 80, "lr": 0.01, "r_m": 1, "r_p": 3,
-                                            "lam": 0.1, "mask": ("region", 0)})
+                                            "lam": 0.1, "method": "DragDiffusion", "mask": ("region", 0)})
     g["noise"] = ("DisableNoise", {})
     g["guider"] = ("CFGGuider", {"model": ("ckpt", 0), "positive": ("pos", 0), "negative": ("neg", 0), "cfg": 1.0})
     g["sampler"] = ("DiffEditorSampler", {"eta": 0.0, "eta_outside": 0.0, "eta_start": 0.0, "eta_end": 1.0})
@@ -274,6 +298,26 @@ def graphs() -> dict[str, dict]:
                                            "cfg": 4.0, "seed": 42, "grow": 0})
     out["warp_inpaint"] = _finish(g, "warp", "warp_inpaint")
 
+    # three chained edits: each turn inverts the previous result and edits it with stability tracking
+    g = _base()
+    turns = [dict(task="move", dx=0, dy=160, scale=1.0, editor=canvas_state(object=[BRUSH_CIRCLE])),
+             dict(task="move", dx=64, dy=0, scale=1.0, editor=canvas_state(object=[{"box": [296, 296, 408, 408]}])),
+             dict(task="move", dx=0, dy=0, scale=0.7, editor=canvas_state(object=[{"box": [304, 52, 432, 168]}]))]
+    image, traj = ("image", 0), ("invert", 0)
+    for t, canvas in enumerate(turns, 1):
+        g[f"canvas{t}"] = ("DiffEditorCanvas", dict(canvas, image=image))
+        g[f"stable{t}"] = ("DiffEditorStableEdit", dict(KNOBS, cfg=-1.0, threshold_db=30.0, max_level=3,
+                                                         model=("ckpt", 0), positive=("pos", 0),
+                                                         negative=("neg", 0), trajectory=traj,
+                                                         spec=(f"canvas{t}", 0)))
+        if t < len(turns):
+            g[f"decode{t}"] = ("VAEDecode", {"samples": (f"stable{t}", 0), "vae": ("ckpt", 2)})
+            g[f"preview{t}"] = ("PreviewImage", {"images": (f"decode{t}", 0)})
+            g[f"invert{t + 1}"] = ("DiffEditorInvert", dict(INVERT, model=("ckpt", 0), positive=("pos", 0),
+                                                              negative=("neg", 0), latent=(f"stable{t}", 0)))
+            image, traj = (f"decode{t}", 0), (f"invert{t + 1}", 0)
+    out["multi_turn"] = _finish(g, "stable3", "multi_turn")
+
     def generate(model_src, prefix, extra):
         g = {"ckpt": ("CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}),
              "pos": ("CLIPTextEncode", {"text": "a photo of a red car on a street", "clip": ("ckpt", 1)}),
@@ -299,6 +343,8 @@ def graphs() -> dict[str, dict]:
 def title(workflow: str, key: str, node_type: str) -> str:
     if key == "canvas":
         return CANVAS_TITLES[workflow]
+    if key in CANVAS_TITLES:
+        return CANVAS_TITLES[key]
     if key == "spec":
         return SPEC_TITLES.get(workflow, node_type)
     if key == "sample" and node_type == "KSampler":

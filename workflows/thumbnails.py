@@ -75,17 +75,32 @@ class Demo:
     def image(self, latent) -> np.ndarray:
         return self.pipe.decode(latent)[0].numpy()
 
-    def edit(self, spec, task: str, reference=None):
+    def edit(self, spec, task: str, reference=None, preset: str = "DiffEditor+"):
+        z, traj = self.invert(self.src)
+        ref = None if reference is None else self.invert(reference)[1]
+        return self.image(self.edit_latent(z, traj, spec, task, ref, preset))
+
+    def edit_latent(self, z, traj, spec, task: str, ref=None, preset: str = "DiffEditor+"):
+        """One edit as the workflows run it: the pack's preset (the Edit nodes' default) or a published one."""
         from diffeditor.guidance.official import TASK_DEFAULTS
         from diffeditor.guidance.tasks import make_task
         from diffeditor.samplers.edit import preset_schedule
 
-        z, traj = self.invert(self.src)
-        ref = None if reference is None else self.invert(reference)[1]
         t = make_task(spec, z, reference=ref, pixels_per_latent=self.pipe.pixels_per_latent)
-        out = self.pipe.edit(traj, t, self.src.caption(), cfg=TASK_DEFAULTS[task]["cfg"],
-                             schedule=preset_schedule("DiffEditor", task), seed=42)
-        return self.image(out)
+        cfg = TASK_DEFAULTS[task]["cfg"]
+        if preset == "DiffEditor+":
+            return self.pipe.edit_pack(traj, t, spec, self.src.caption(), cfg=cfg, seed=42)
+        return self.pipe.edit(traj, t, self.src.caption(), cfg=cfg, schedule=preset_schedule(preset, task), seed=42)
+
+    def chain(self, specs):
+        """Edits of one image in turns, each on the previous result inverted again (the multi-turn workflow)."""
+        z, traj = self.invert(self.src)
+        images = []
+        for spec in specs:
+            z = self.edit_latent(z, traj, spec, "move")
+            images.append(self.image(z))
+            traj = self.pipe.invert(z, self.src.caption(), steps=STEPS)
+        return images
 
 
 def _mask(arr) -> torch.Tensor:
@@ -112,6 +127,21 @@ def render(demo: Demo, build, names=None):
             moved[name] = demo.edit(MoveSpec(obj, p["dx"] * K, p["dy"] * K, scale=p["scale"]), "move")
         return moved[name]
 
+    def published_move():
+        p = g["move"]["canvas"][1]
+        return demo.edit(MoveSpec(obj, p["dx"] * K, p["dy"] * K), "move", preset="DiffEditor")
+
+    def chain():
+        from diffeditor.guidance.canvas_state import parse_state, rasterise
+
+        specs = []
+        for t in (1, 2, 3):
+            p = g["multi_turn"][f"canvas{t}"][1]
+            drawn = rasterise(parse_state(p["editor"], "editor").object, (512, 512))
+            m = drawn.view(SIZE, 512 // SIZE, SIZE, 512 // SIZE).float().mean((1, 3)) > 0.5  # at 64x64
+            specs.append(MoveSpec(m.float(), p["dx"] * K, p["dy"] * K, scale=p["scale"]))
+        return [("source", src_img)] + [(f"turn {i}", im) for i, im in enumerate(demo.chain(specs), 1)]
+
     def paste():
         p = g["paste"]["canvas"][1]
         scale = g["paste"]["paste_ref"][1]["scale"]
@@ -132,9 +162,10 @@ def render(demo: Demo, build, names=None):
         "paste": paste,
         "drag_loss": lambda: [("source + points", _arrows(src_img, pairs)),
                               ("drag loss", _drag_loss(demo, pairs, region, g["drag_loss"]["drag"][1]))],
-        "image_prompt_move": lambda: [("source", src_img), ("moved", move("move")),
+        "image_prompt_move": lambda: [("source", src_img), ("moved (DiffEditor)", published_move()),
                                       ("needs ViT-H + ip_sd15_64", _banner(src_img))],
         "warp_inpaint": lambda: [("source", src_img), ("warp & inpaint", _warp(demo, obj, g["warp_inpaint"]))],
+        "multi_turn": chain,
         "erase_concept": lambda: _erase(demo, g["erase_concept"]["erase"][1]["concepts"]),
         "safe_guidance": lambda: _sld(demo, g["safe_guidance"]["safety"][1]["text"]),
     }
