@@ -131,7 +131,7 @@ class DiffEditorPipeline:
                                seed=seed, model_id=self.model_id, stats=stats, blend=blend, disable=self.disable)
 
     def stable_edit(self, trajectory: EditTrajectory, task: EditTask, prompt, negative=None, cfg: float = 4.0,
-                    schedule: EditSchedule | None = None, seed: int = 42, threshold_db: float = 30.0,
+                    schedule: EditSchedule | None = None, seed: int = 42, threshold_db: float = 35.0,
                     max_level: int = 3, stats: EditStats | None = None):
         """:meth:`edit` with stability tracking (``samplers/stability.py``): while the edit changes the
         source outside ``task.edited_region`` by more than ``threshold_db`` allows, re-run it less aggressively

@@ -88,7 +88,7 @@ def main(argv=None):
     ap.add_argument("--turns", type=int, default=5)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threshold", type=float, default=30.0, help="stability threshold, dB (latent PSNR)")
+    ap.add_argument("--threshold", type=float, default=35.0, help="stability threshold, dB (latent PSNR)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)

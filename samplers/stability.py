@@ -81,7 +81,7 @@ class StabilityReport:
 
 
 def stable_edit(run: Callable[[EditSchedule, bool], torch.Tensor], schedule: EditSchedule, source: torch.Tensor,
-                edit_mask: torch.Tensor, threshold_db: float = 30.0, max_level: int = 3,
+                edit_mask: torch.Tensor, threshold_db: float = 35.0, max_level: int = 3,
                 margin: int = 1) -> tuple[torch.Tensor, StabilityReport]:
     """Run ``run(schedule, lock_background)`` and back off while the drift outside ``edit_mask`` (latent
     resolution, 1 = edited) is below ``threshold_db``; ``max_level`` caps the ladder (0 = never back off).

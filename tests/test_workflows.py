@@ -265,7 +265,7 @@ def test_multi_turn_chains_three_tracked_edits():
         nid, turns = nxt[0], turns + 1
     assert turns == 3
     for n in stable.values():
-        assert n["inputs"]["max_level"] == 3 and n["inputs"]["threshold_db"] == 30.0
+        assert n["inputs"]["max_level"] == 3 and n["inputs"]["threshold_db"] == 35.0
 
 
 def test_assets_are_shipped_small_and_all_used():

@@ -306,7 +306,7 @@ def graphs() -> dict[str, dict]:
     image, traj = ("image", 0), ("invert", 0)
     for t, canvas in enumerate(turns, 1):
         g[f"canvas{t}"] = ("DiffEditorCanvas", dict(canvas, image=image))
-        g[f"stable{t}"] = ("DiffEditorStableEdit", dict(KNOBS, cfg=-1.0, threshold_db=30.0, max_level=3,
+        g[f"stable{t}"] = ("DiffEditorStableEdit", dict(KNOBS, cfg=-1.0, threshold_db=35.0, max_level=3,
                                                          model=("ckpt", 0), positive=("pos", 0),
                                                          negative=("neg", 0), trajectory=traj,
                                                          spec=(f"canvas{t}", 0)))
