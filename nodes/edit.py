@@ -481,16 +481,23 @@ class DiffEditorEdit(io.ComfyNode):
 def edit_inputs(model, positive, negative, trajectory, spec, cfg, preset, guidance_strength, keep_background,
                 options):
     """The Edit and Stable Edit nodes' checks: ``(model clone, trajectory, cfg, EditPlan)``."""
+    model, traj, mid = run_inputs(model, positive, negative, trajectory)
+    _check_spec(spec)
+    cfg = resolve_cfg(cfg, spec.task)
+    return model, traj, cfg, edit_plan(spec, traj, mid, preset, guidance_strength, keep_background, options)
+
+
+def run_inputs(model, positive, negative, trajectory):
+    """The checks of every node that samples a trajectory on a MODEL: ``(model clone, trajectory, model id)``.
+    The clone is what the run installs its hooks on (copies of model_options only)."""
     check_supported(model, "model")
-    model = model.clone()  # the run installs its hooks on copies of model_options only
+    model = model.clone()
     check_conditioning(positive, "positive")
     check_conditioning(negative, "negative")
     traj = check_trajectory(trajectory, "trajectory")
     mid = model_id(model)
     traj.check_compatible(model_id=mid, name="trajectory")
-    _check_spec(spec)
-    cfg = resolve_cfg(cfg, spec.task)
-    return model, traj, cfg, edit_plan(spec, traj, mid, preset, guidance_strength, keep_background, options)
+    return model, traj, mid
 
 
 EDIT_NODES = [DiffEditorMoveSpec, DiffEditorDragSpec, DiffEditorAppearanceSpec, DiffEditorPasteSpec,

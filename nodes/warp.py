@@ -5,10 +5,9 @@ import torch
 from comfy_api.latest import io
 
 from ..adapters import comfy_jobs
-from ..adapters.comfy_adapter import check_supported, model_id
 from ..samplers.inpaint import fill_hole, warped_trajectory
-from .common import CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_trajectory
-from .edit import EditSpecType, _check_spec, _mask2d, spec_warp
+from .common import CATEGORY, EditTrajectoryType, check_finite
+from .edit import EditSpecType, _check_spec, _mask2d, run_inputs, spec_warp
 
 
 class DiffEditorWarpInpaint(io.ComfyNode):
@@ -54,13 +53,7 @@ class DiffEditorWarpInpaint(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, trajectory, spec, strength=0.5, cfg=4.0, seed=42, grow=0,
                 object_mask=None) -> io.NodeOutput:
-        check_supported(model, "model")
-        model = model.clone()
-        check_conditioning(positive, "positive")
-        check_conditioning(negative, "negative")
-        traj = check_trajectory(trajectory, "trajectory")
-        mid = model_id(model)
-        traj.check_compatible(model_id=mid, name="trajectory")
+        model, traj, mid = run_inputs(model, positive, negative, trajectory)
         _check_spec(spec)
         strength = check_finite(strength, "strength", 0.02, 1.0)
         cfg = check_finite(cfg, "cfg", 0.0, 100.0)
