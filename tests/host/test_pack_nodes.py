@@ -56,6 +56,18 @@ def test_pack_move_warps_and_paints_only_the_uncovered_area(sd15_model, conds, s
     assert tm.weights_hash(sd15_model) == before
 
 
+def test_pack_edit_sampler_is_the_edit_node(sd15_model, conds, source):
+    """DiffEditor+ through DiffEditor Edit Sampler + core SamplerCustomAdvanced = the one-node Edit."""
+    from test_edit_nodes import advanced
+
+    traj = source
+    spec = move_spec(traj)
+    sampler = run(DiffEditorEditSampler, trajectory=traj, spec=spec, **dict(KNOBS, preset=PACK_PRESET))[0]
+    adv = advanced(sd15_model, conds, sampler, traj.sigmas.clone(), traj.shape, cfg=4.0)
+    out = edit(sd15_model, conds, traj, spec, preset=PACK_PRESET)
+    assert torch.allclose(adv, out, atol=1e-4), float((adv - out).abs().max())
+
+
 def test_pack_appearance_is_guided_with_the_background_locked(sd15_model, conds, latent, source):
     traj = source
     H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
