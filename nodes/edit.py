@@ -449,18 +449,9 @@ class DiffEditorEdit(io.ComfyNode):
             description="One-node DiffEditor edit: guided, regional-SDE, time-travel sampling from the source's "
                         "inverted trajectory with visual cross-attention; returns the edited latent. Fine-tune "
                         "the mechanisms with the optional DiffEditor Edit Options.",
-            inputs=[
-                io.Model.Input("model", tooltip="The MODEL the trajectory was inverted with (SD1.x/SD2/SDXL)."),
-                io.Conditioning.Input("positive", tooltip="Prompt describing the edited image (usually the "
-                                                          "inversion prompt)."),
-                io.Conditioning.Input("negative", tooltip="Negative prompt (the unconditional branch of CFG)."),
-                EditTrajectoryType.Input("trajectory", tooltip="Trajectory of the source image from DiffEditor "
-                                                               "Invert (K,V bank on for visual cross-attention)."),
-                EditSpecType.Input("spec", tooltip="What to edit (a DiffEditor spec node)."),
-                io.Float.Input("cfg", default=-1.0, min=-1.0, max=30.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale; exactly -1 = the task's official value ("
-                                       + ", ".join(f"{t} {d['cfg']:g}" for t, d in O.TASK_DEFAULTS.items()) + ")."),
-            ] + _main_inputs(),
+            inputs=run_sockets("Trajectory of the source image from DiffEditor Invert (K,V bank on for visual "
+                               "cross-attention).", "What to edit (a DiffEditor spec node).") + [cfg_input()]
+            + _main_inputs(),
             outputs=[io.Latent.Output("latent", display_name="latent",
                                       tooltip="The edited latent (raw latent space), ready for VAE Decode.")])
 
@@ -485,6 +476,25 @@ def edit_inputs(model, positive, negative, trajectory, spec, cfg, preset, guidan
     _check_spec(spec)
     cfg = resolve_cfg(cfg, spec.task)
     return model, traj, cfg, edit_plan(spec, traj, mid, preset, guidance_strength, keep_background, options)
+
+
+def run_sockets(trajectory_tip: str, spec_tip: str) -> list:
+    """The inputs of every node that edits a trajectory on a MODEL: model, positive, negative, trajectory, spec."""
+    return [
+        io.Model.Input("model", tooltip="The MODEL the trajectory was inverted with (SD1.x/SD2/SDXL)."),
+        io.Conditioning.Input("positive", tooltip="Prompt describing the edited image (usually the inversion "
+                                                  "prompt)."),
+        io.Conditioning.Input("negative", tooltip="Negative prompt (the unconditional branch of CFG)."),
+        EditTrajectoryType.Input("trajectory", tooltip=trajectory_tip),
+        EditSpecType.Input("spec", tooltip=spec_tip),
+    ]
+
+
+def cfg_input():
+    """The Edit nodes' ``cfg``: exactly -1 = the task's official value."""
+    return io.Float.Input("cfg", default=-1.0, min=-1.0, max=30.0, step=0.1, round=0.01,
+                          tooltip="Classifier-free guidance scale; exactly -1 = the task's official value ("
+                                  + ", ".join(f"{t} {d['cfg']:g}" for t, d in O.TASK_DEFAULTS.items()) + ").")
 
 
 def run_inputs(model, positive, negative, trajectory):

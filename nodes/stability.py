@@ -6,8 +6,8 @@ from comfy_api.latest import io
 from ..adapters import comfy_jobs
 from ..samplers.pack import PACK_PRESET
 from ..samplers.stability import LEVELS
-from .common import CATEGORY, EditTrajectoryType, check_finite
-from .edit import EditSpecType, _main_inputs, edit_inputs
+from .common import CATEGORY, check_finite
+from .edit import _main_inputs, cfg_input, edit_inputs, run_sockets
 
 _LADDER = "; ".join(f"{i} {name}" for i, name in enumerate(LEVELS))
 
@@ -22,22 +22,16 @@ class DiffEditorStableEdit(io.ComfyNode):
                         "runs it again less aggressively, up to max_level. Chain several (each fed by the "
                         "previous result, inverted again) for multi-turn editing without the background "
                         "drifting away. The report says what it did.",
-            inputs=[
-                io.Model.Input("model", tooltip="The MODEL the trajectory was inverted with (SD1.x/SD2/SDXL)."),
-                io.Conditioning.Input("positive", tooltip="Prompt describing the edited image (usually the "
-                                                          "inversion prompt)."),
-                io.Conditioning.Input("negative", tooltip="Negative prompt (the unconditional branch of CFG)."),
-                EditTrajectoryType.Input("trajectory", tooltip="Trajectory of this turn's input image (DiffEditor "
-                                                               "Invert of the previous turn's result)."),
-                EditSpecType.Input("spec", tooltip="What to edit in this turn (a DiffEditor spec or Canvas node)."),
-                io.Float.Input("cfg", default=-1.0, min=-1.0, max=30.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale; exactly -1 = the task's official value."),
+            inputs=run_sockets("Trajectory of this turn's input image (DiffEditor Invert of the previous turn's "
+                               "result).", "What to edit in this turn (a DiffEditor spec or Canvas node).")
+            + [
+                cfg_input(),
                 io.Float.Input("threshold_db", default=35.0, min=0.0, max=100.0, step=0.5,
                                tooltip="Least PSNR (dB, on the latent) the result must keep against its input "
                                        "outside the edited region; below it the edit is re-run less aggressively. "
                                        "Higher = stricter. 35 (default): on the multi-turn benchmark five chained "
                                        "DiffEditor moves kept 3.8 dB more of the original background than without "
-                                       "tracking; at 30 the tracking hardly engaged."),
+                                       "tracking; at 30 it gained nothing."),
                 io.Int.Input("max_level", default=3, min=0, max=len(LEVELS) - 1,
                              tooltip=f"How far the back-off may go ({_LADDER}); 0 = never re-run. Level 3 copies "
                                      "the input outside the edited region (grown by one latent cell)."),

@@ -6,8 +6,8 @@ from comfy_api.latest import io
 
 from ..adapters import comfy_jobs
 from ..samplers.inpaint import fill_hole, warped_trajectory
-from .common import CATEGORY, EditTrajectoryType, check_finite
-from .edit import EditSpecType, _check_spec, _mask2d, run_inputs, spec_warp
+from .common import CATEGORY, check_finite
+from .edit import _check_spec, _mask2d, run_inputs, run_sockets, spec_warp
 
 
 class DiffEditorWarpInpaint(io.ComfyNode):
@@ -19,14 +19,8 @@ class DiffEditorWarpInpaint(io.ComfyNode):
                         "thin-plate spline through the drag points) and the model paints only the area it "
                         "uncovered, from the source's inverted trajectory. No guidance, no gradients: "
                         "strength x steps model calls. Its 'start' output previews the warp without any model call.",
-            inputs=[
-                io.Model.Input("model", tooltip="The MODEL the trajectory was inverted with (SD1.x/SD2/SDXL)."),
-                io.Conditioning.Input("positive", tooltip="Prompt describing the edited image (usually the "
-                                                          "inversion prompt)."),
-                io.Conditioning.Input("negative", tooltip="Negative prompt (the unconditional branch of CFG)."),
-                EditTrajectoryType.Input("trajectory", tooltip="Trajectory of the source image from DiffEditor "
-                                                               "Invert (no K,V bank needed)."),
-                EditSpecType.Input("spec", tooltip="A Move/Resize, Drag or Paste spec (appearance is not a warp)."),
+            inputs=run_sockets("Trajectory of the source image from DiffEditor Invert (no K,V bank needed).",
+                               "A Move/Resize, Drag or Paste spec (appearance is not a warp).") + [
                 io.Float.Input("strength", default=0.5, min=0.02, max=1.0, step=0.01,
                                tooltip="Share of the schedule used to paint the uncovered area (0.5 = the last 25 "
                                        "of 50 steps). Higher repaints from more noise."),

@@ -84,15 +84,10 @@ def cases():
 
 
 def advanced(model, conds, sampler, sigmas, shape, cfg):
-    import comfy.samplers
-    from comfy_extras.nodes_custom_sampler import Noise_EmptyNoise, SamplerCustomAdvanced
+    """Core SamplerCustomAdvanced with a core CFGGuider, no added noise (the host tests' one wiring)."""
+    from test_edit_nodes import advanced as core_advanced
 
-    with torch.inference_mode():
-        guider = comfy.samplers.CFGGuider(model)
-        guider.set_conds(conds[0], conds[1])
-        guider.set_cfg(cfg)
-        return SamplerCustomAdvanced().sample(Noise_EmptyNoise(), guider, sampler, sigmas,
-                                              {"samples": torch.zeros(shape)})[0]["samples"]
+    return core_advanced(model, conds, sampler, sigmas, shape, cfg)
 
 
 def record_old_interface(model, conds, latent) -> dict:
