@@ -70,7 +70,7 @@ def invert_latent(model, positive, negative, samples: torch.Tensor, sigmas: torc
     def engine(model_k, x, sig, extra_args=None, callback=None, disable=None, hooks=None, host=None):
         traj = invert(model_k, x, sig, extra_args, model_id=mid, cond_fingerprint=cfp, cfg=cfg,
                       exact_iters=exact_iters, hooks=hooks, bank=bank, callback=callback, disable=disable,
-                      interrupt=host.check_interrupt)
+                      interrupt=host.check_interrupt, param=getattr(host, "param", None))
         holder["trajectory"] = traj
         return traj.z_T
 

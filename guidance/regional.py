@@ -148,7 +148,8 @@ def grad_z_from_grad_x(grad_x: torch.Tensor, sigma) -> torch.Tensor:
     return grad_x * torch.sqrt(1 + s * s)
 
 
-def guided_denoised(D: torch.Tensor, sigma, grad_x: torch.Tensor, kappa: float, energy_scale: float) -> torch.Tensor:
+def guided_denoised(D: torch.Tensor, sigma, grad_x: torch.Tensor, kappa: float, energy_scale: float,
+                    param=None) -> torch.Tensor:
     """The guided clean-latent estimate in ComfyUI sigma space: ``D' = D - sigma * kappa*eta*sqrt(1+sigma^2) * grad_x E``.
 
     Derivation. Let ``a = alpha_bar_t = 1/(1+sigma^2)``, ``z = sqrt(a) x`` the diffusers latent and
@@ -167,6 +168,11 @@ def guided_denoised(D: torch.Tensor, sigma, grad_x: torch.Tensor, kappa: float, 
 
     ``sigma`` is a float, a 0-d tensor or one value per batch item; ``grad_x`` is the (regional) gradient
     w.r.t. the sigma-space latent ``x`` (e.g. ``g_total`` of :func:`regional_gradient` with ``kappa = eta = 1``).
+
+    ``param``: the model family (``samplers/param.py``); ``None`` is EPS, exactly the formula above. A flow
+    model's network input is ``x`` itself, so its factor is ``sigma`` (``D' = D - sigma*kappa*eta*grad_x E``).
     """
     s = _bcast(sigma, D)
+    if param is not None and param.name != "eps":
+        return D - param.guidance_factor(s) * float(kappa) * float(energy_scale) * grad_x.to(D.dtype)
     return D - s * float(kappa) * float(energy_scale) * torch.sqrt(1 + s * s) * grad_x.to(D.dtype)

@@ -60,7 +60,8 @@ def rescale_to_sigma(x: torch.Tensor, sigma_from, sigma_to) -> torch.Tensor:
     return x * ((1.0 + sigma_to ** 2) / (1.0 + sigma_from ** 2)) ** 0.5
 
 
-def inversion_step(model_eps, x: torch.Tensor, sigma, sigma_next, exact_iters: int = 0, exact_tol: float = 0.0):
+def inversion_step(model_eps, x: torch.Tensor, sigma, sigma_next, exact_iters: int = 0, exact_tol: float = 0.0,
+                   param=None):
     """One DDIM inversion step ``sigma -> sigma_next`` (``sigma_next > sigma``; ``sigma`` may be 0).
 
     ``model_eps(x, s)`` returns the noise prediction of the latent ``x`` at level ``s``.
@@ -73,10 +74,15 @@ def inversion_step(model_eps, x: torch.Tensor, sigma, sigma_next, exact_iters: i
     The iteration contracts when ``|sigma_next - sigma| * Lip(eps) < 1`` (smooth trained models, fine
     schedules); the residuals are returned and stored in the trajectory so a non-converged step is visible.
 
+    ``model_eps`` may equally return the flow velocity ``(x - D) / sigma`` of a flow model: the update and its
+    fixed point are the same first-order step there. ``param`` (a :class:`~.param.Parameterization`, EPS by
+    default) gives the plain step's model input (EPS rescales to keep the network input; FLOW keeps ``x``).
+
     Returns ``(x_next, eps_used, iterations_run, residual)``.
     """
     d = sigma_next - sigma
-    eps = model_eps(rescale_to_sigma(x, sigma, sigma_next), sigma_next)
+    x_in = rescale_to_sigma(x, sigma, sigma_next) if param is None else param.invert_input(x, sigma, sigma_next)
+    eps = model_eps(x_in, sigma_next)
     x_next = x + d * eps
     it, res = 0, float("nan")
     for it in range(1, exact_iters + 1):

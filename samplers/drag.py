@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from ..guidance.drag_loss import (all_reached, mask_regulariser, motion_supervision_loss, preserving_motion_loss,
                                    track_points, track_points_checked)
 from ..guidance.grids import resize_mask
-from .hooks import EditHost, default_feature_levels
+from .hooks import EditHost, host_levels
+from .param import param_of
 
 DEFAULTS = dict(steps=80, lr=0.01, r_m=1, r_p=3, lam=0.1, strength=0.7)
 #: the drag loss is multiplied by this power of two before backward and its gradient divided back (exact),
@@ -123,7 +124,7 @@ def optimize_drag(host: EditHost, x: torch.Tensor, sigma, sigma_next, handles_px
     for h, g in zip(hp, tp):
         if h == g:
             raise ValueError(f"handles: the handle {h} equals its target; give a distinct target point")
-    level = default_feature_levels(host.num_up_blocks)[-1] if feature_level is None else int(feature_level)
+    level = host_levels(host)[-1] if feature_level is None else int(feature_level)
     gh, gw = max(H // 2, 1), max(W // 2, 1)  # supervision grid: half the image resolution
     to_grid = lambda p: (p[1] * gh / H, p[0] * gw / W)  # (x, y) px -> (row, col) cells  # noqa: E731
     h0 = [to_grid(p) for p in hp]
@@ -131,7 +132,8 @@ def optimize_drag(host: EditHost, x: torch.Tensor, sigma, sigma_next, handles_px
     m = editable_mask(mask, x.shape[-2:], x)
     use_reg = m is not None and lam > 0
 
-    c, c_next = math.sqrt(1 + s * s), math.sqrt(1 + s_next * s_next)  # sigma space -> diffusers latent scale
+    param = param_of(host)  # sigma space -> the network's input units (diffusers latent for EPS, x for FLOW)
+    c, c_next = param.input_divisor(s), param.input_divisor(s_next)
     s_in = x.new_ones([x.shape[0]])
 
     def feats(xs):
@@ -230,13 +232,14 @@ def alternating_drag(host: EditHost, trajectory, sigmas: torch.Tensor, start: in
     if len(hp) == 0 or len(hp) != len(tp):
         raise ValueError(f"handles/targets: give the same, non-zero number of handle and target points "
                          f"(got {len(hp)} handles, {len(tp)} targets)")
-    level = default_feature_levels(host.num_up_blocks)[-1] if feature_level is None else int(feature_level)
+    level = host_levels(host)[-1] if feature_level is None else int(feature_level)
     gh, gw = max(H // 2, 1), max(W // 2, 1)
     to_grid = lambda p: (p[1] * gh / H, p[0] * gw / W)  # noqa: E731
     h0, tg = [to_grid(p) for p in hp], [to_grid(p) for p in tp]
     m = editable_mask(mask, x.shape[-2:], x)
     use_reg = m is not None and lam > 0
     s_in = x.new_ones([x.shape[0]])
+    param = param_of(host)
     count = dict(feature_forwards=0, cond_forwards=0, backward_passes=0, iterations=0, rejected_tracks=0)
     threshold = float(loss_threshold) * (2 * r_m) ** 2
 
@@ -245,10 +248,10 @@ def alternating_drag(host: EditHost, trajectory, sigmas: torch.Tensor, start: in
         f = host.features(xs, s * s_in, [level])[level]
         return F.interpolate(f.float(), size=(gh, gw), mode="bilinear", align_corners=False)
 
-    def phi(xs, s, s_next):  # the one-step DDIM output in diffusers units
+    def phi(xs, s, s_next):  # the one-step DDIM output in the network's input units
         count["cond_forwards"] += 1
         d = host.denoise_cond(xs, s * s_in)
-        return (d + (xs - d) * (s_next / s)) / math.sqrt(1 + s_next * s_next)
+        return (d + (xs - d) * (s_next / s)) / param.input_divisor(s_next)
 
     handles = list(h0)
     done = False
@@ -260,7 +263,7 @@ def alternating_drag(host: EditHost, trajectory, sigmas: torch.Tensor, start: in
             if step >= n or float(sigmas[step + 1]) <= 0:
                 break
             s, s_next = float(sigmas[step]), float(sigmas[step + 1])
-            c = math.sqrt(1 + s * s)
+            c = param.input_divisor(s)
             src = trajectory.at(step, like=x)
             with torch.no_grad():
                 f0 = feats(src, s)

@@ -30,7 +30,8 @@ from ..guidance import official as O
 from ..guidance.regional import guided_denoised, loss_scale_for, regional_gradient
 from .blend import TrajectoryAnchor
 from .ddim import ddim_step
-from .hooks import EditHooks, EditHost, KVInjection, default_feature_levels
+from .hooks import EditHooks, EditHost, KVInjection, host_levels
+from .param import param_of
 from .sampling import NoiseSource, regional_eta
 from .schedule import StepWindow, check_latent, check_sigmas, window_steps
 from .trajectory import EditTrajectory
@@ -66,7 +67,7 @@ class EditSchedule:
     energy_scale: float = O.TASK_DEFAULTS["move"]["energy_scale"]  # eta: UI energy x 1000
     kappa: float = O.TASK_DEFAULTS["move"]["kappa"]
     regional: bool = True  # False: both energy gradients everywhere (ablation)
-    feature_levels: tuple[int, ...] | None = None  # None: default_feature_levels of the host
+    feature_levels: tuple[int, ...] | None = None  # None: the host's default_levels()
 
     def __post_init__(self):  # structural invariants; user-facing knobs are checked by EditKnobs
         if self.repeats < 1 or self.energy_scale < 0 or self.kappa < 0 or not (
@@ -351,15 +352,18 @@ def sample_edit(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     extra_args = {} if extra_args is None else extra_args
     check_sigmas(sigmas, "sigmas")
     check_latent(x)
-    trajectory.check_compatible(model_id=model_id, sigmas=sigmas, shape=tuple(x.shape))
+    param = param_of(host)
+    param.check_sigmas(sigmas)
+    trajectory.check_compatible(model_id=model_id, sigmas=sigmas, shape=tuple(x.shape), param=param)
     ref = task.reference
     if ref is not None:
-        ref.check_compatible(model_id=model_id, sigmas=sigmas, shape=tuple(x.shape), name="reference trajectory")
+        ref.check_compatible(model_id=model_id, sigmas=sigmas, shape=tuple(x.shape), name="reference trajectory",
+                             param=param)
     stats = stats if stats is not None else EditStats()
     n = len(sigmas) - 1
     if seed is None:
         seed = extra_args.get("seed")
-    levels = schedule.feature_levels or default_feature_levels(host.num_up_blocks)
+    levels = schedule.feature_levels or host_levels(host)
     guided = window_steps(schedule.guidance, n) if schedule.energy_scale > 0 and schedule.kappa > 0 else frozenset()
     sde_steps = window_steps(schedule.sde, n)
     tt_steps = window_steps(schedule.time_travel, n) if guided else frozenset()
@@ -394,12 +398,13 @@ def sample_edit(model, x, sigmas, extra_args=None, callback=None, disable=None, 
                     grad, energies = energy_gradient(host, task, x, sigma * s_in, levels, ref_feats, ref2_feats,
                                                      schedule.regional, stats, loss_scale)
                     stats.energies.append((i, r) + energies)
-                    x0 = guided_denoised(denoised, sigma, grad, schedule.kappa, schedule.energy_scale)
+                    x0 = guided_denoised(denoised, sigma, grad, schedule.kappa, schedule.energy_scale,
+                                         None if param.name == "eps" else param)
                 eta = 0.0
                 if i in sde_steps and noise is not None:
                     eta = regional_eta(schedule.eta_in, schedule.eta_out, task.sde_mask, x)
                 nz = noise(x) if noise is not None and i in sde_steps else None
-                x_next = ddim_step(x, denoised, sigma, sigma_next, eta, nz, denoised_guided=x0)
+                x_next = param.step(x, denoised, sigma, sigma_next, eta, nz, denoised_guided=x0)
                 if blend is not None:
                     x_next = blend.lock(x_next, i + 1, i)
                 if r + 1 < passes:  # time travel: roll back sigma_{i+1} -> sigma_i
@@ -419,7 +424,8 @@ def time_travel_rollback(host: EditHost, hooks: EditHooks, x_next: torch.Tensor,
     """One deterministic DDIM-inversion step ``sigma_next -> sigma`` (``sigma > sigma_next``).
 
     As the official re-noise: the conditional prediction at the *less* noisy level, no CFG, no bank
-    (``step=None`` switches step-gated hooks off), ``x = x_next + (sigma - sigma_next) * eps``.
+    (``step=None`` switches step-gated hooks off), ``x = x_next + (sigma - sigma_next) * eps``. The same
+    first-order step inverts a flow model's Euler step (``eps`` is then the velocity ``(x - D) / sigma``).
     """
     s_in = x_next.new_ones([x_next.shape[0]])
     with hooks.using(step=None):

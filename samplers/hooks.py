@@ -318,6 +318,13 @@ class EditHost:
 
     hooks: EditHooks
     num_up_blocks: int
+    #: the model family's :class:`~.param.Parameterization` name ("eps" or "flow")
+    param: str = "eps"
+
+    def default_levels(self) -> tuple[int, ...]:
+        """The feature levels the energies use unless a schedule names others (UNets: DiffEditor's two decoder
+        levels; DiT hosts override this with the blocks chosen by measurement)."""
+        return default_feature_levels(self.num_up_blocks)
 
     def denoise_cond(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Denoised estimate for the positive conditioning only (no CFG)."""
@@ -333,6 +340,12 @@ class EditHost:
 
     def check_interrupt(self) -> None:
         """Raise if the user interrupted processing (host specific; no-op by default)."""
+
+
+def host_levels(host) -> tuple[int, ...]:
+    """``host.default_levels()``, or DiffEditor's UNet levels for hosts that predate it."""
+    f = getattr(host, "default_levels", None)
+    return tuple(f()) if f is not None else default_feature_levels(host.num_up_blocks)
 
 
 ProgressFn = Callable[[int, int], None]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..guidance.warp import LatentWarp
 from .blend import TrajectoryAnchor
+from .param import param_for
 from .sampling import NoiseSource, sample_diffeditor
 from .trajectory import EditTrajectory
 
@@ -75,7 +76,7 @@ def inpaint_start(anchor: EditTrajectory, hole: torch.Tensor, k: int, seed: int 
     x_k = anchor.at(k)
     s = float(anchor.sigmas[k])
     filled = fill_hole(anchor.x0, hole)
-    noised = filled + s * NoiseSource(seed)(filled)
+    noised = param_for(anchor.param).noised(filled, NoiseSource(seed)(filled), s)
     m = hole.to(x_k.device)[None, None]
     return torch.where(m, noised, x_k)
 

@@ -12,6 +12,7 @@ from tqdm.auto import trange
 from .blend import TrajectoryAnchor
 from .ddim import ddim_step
 from .hooks import EditHooks, KVInjection
+from .param import param_for, param_of
 from .schedule import StepWindow, check_latent, check_sigmas, match_step
 from .trajectory import EditTrajectory
 
@@ -35,11 +36,12 @@ def regional_eta(eta_in: float, eta_out: float, mask: torch.Tensor | None, like:
     return eta_in * m + eta_out * (1 - m)
 
 
-def start_latent(x: torch.Tensor, sigmas: torch.Tensor, trajectory: EditTrajectory | None, model_id=None):
+def start_latent(x: torch.Tensor, sigmas: torch.Tensor, trajectory: EditTrajectory | None, model_id=None,
+                 param=None):
     """The latent to start from: the trajectory's z_T when one is given (after checking it fits)."""
     if trajectory is None:
         return x
-    trajectory.check_compatible(model_id=model_id, sigmas=sigmas, shape=tuple(x.shape))
+    trajectory.check_compatible(model_id=model_id, sigmas=sigmas, shape=tuple(x.shape), param=param)
     z = trajectory.at(0, like=x)
     if z.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"trajectory has batch {z.shape[0]} but the latent has batch {x.shape[0]}")
@@ -52,7 +54,8 @@ def sample_diffeditor(model, x, sigmas, extra_args=None, callback=None, disable=
                       eta: float = 0.0, eta_outside: float = 0.0, eta_mask: torch.Tensor | None = None,
                       eta_window: StepWindow | None = None, seed: int | None = None,
                       hooks: EditHooks | None = None, host=None, model_id: str | None = None,
-                      kv: KVInjection | None = None, kv_trajectory: EditTrajectory | None = None):
+                      kv: KVInjection | None = None, kv_trajectory: EditTrajectory | None = None,
+                      param=None):
     """Deterministic DDIM with optional regional SDE and trajectory lock.
 
     * ``trajectory``: start from its z_T (``x`` is then only used for its shape/device) — reconstruction;
@@ -61,20 +64,27 @@ def sample_diffeditor(model, x, sigmas, extra_args=None, callback=None, disable=
     * ``blend``: keep the latent outside its mask equal to its trajectory (hard lock after each step);
     * ``kv`` + ``kv_trajectory``: share self-attention K,V with the source (MasaCtrl-style visual
       cross-attention, needs ``hooks`` wired into the model); ``sigmas`` may be a tail of the trajectory's
-      schedule (e.g. sampling on after a drag optimisation), the bank is read at the matching steps.
+      schedule (e.g. sampling on after a drag optimisation), the bank is read at the matching steps;
+    * ``param``: the model family (``samplers/param.py``); default: the host's, else the trajectory's, else EPS.
     """
     extra_args = {} if extra_args is None else extra_args
     check_sigmas(sigmas, "sigmas")
     check_latent(x)
+    if param is None:
+        anchor_traj = trajectory if trajectory is not None else (blend.trajectory if blend is not None else None)
+        param = param_of(host) if host is not None else (param_for(anchor_traj.param) if anchor_traj is not None
+                                                         else None)
+    param = param_for(param)
+    param.check_sigmas(sigmas)
     if seed is None:
         seed = extra_args.get("seed")
-    x = start_latent(x, sigmas, trajectory, model_id)
+    x = start_latent(x, sigmas, trajectory, model_id, param)
     n = len(sigmas) - 1
     eta_steps = None if eta_window is None else frozenset(eta_window.indices(n))
     stochastic = eta > 0 or eta_outside > 0
     noise = NoiseSource(seed) if stochastic else None
     if blend is not None:
-        blend.trajectory.check_compatible(sigmas=sigmas, shape=tuple(x.shape), name="blend trajectory")
+        blend.trajectory.check_compatible(sigmas=sigmas, shape=tuple(x.shape), name="blend trajectory", param=param)
     offset = 0
     if kv is not None:
         if hooks is None or kv_trajectory is None:
@@ -98,7 +108,7 @@ def sample_diffeditor(model, x, sigmas, extra_args=None, callback=None, disable=
         if stochastic and (eta_steps is None or i in eta_steps):
             step_eta = regional_eta(eta, eta_outside, eta_mask, x)
         nz = noise(x) if stochastic else None  # drawn every step so the stream does not depend on the window
-        x = ddim_step(x, denoised, sigmas[i], sigmas[i + 1], step_eta, nz)
+        x = param.step(x, denoised, sigmas[i], sigmas[i + 1], step_eta, nz)
         if blend is not None:
             x = blend.lock(x, i + 1, i)
     if hooks is not None:

@@ -42,6 +42,8 @@ class EditTrajectory:
     bank: KVBank | None = None
     model_calls: int = 0
     meta: dict = field(default_factory=dict)
+    #: the model family's parameterisation (``samplers/param.py``): "eps" (SD UNets) or "flow" (Flux, SD3)
+    param: str = "eps"
 
     def __post_init__(self):
         if len(self.latents) != self.sigmas.shape[0]:
@@ -72,8 +74,15 @@ class EditTrajectory:
         return t if like is None else t.to(device=like.device, dtype=like.dtype)
 
     def check_compatible(self, *, model_id: str | None = None, sigmas: torch.Tensor | None = None,
-                         shape: tuple[int, ...] | None = None, name: str = "trajectory") -> None:
-        """Raise a ValueError naming ``name`` when the trajectory does not fit the model, schedule or latent."""
+                         shape: tuple[int, ...] | None = None, name: str = "trajectory", param=None) -> None:
+        """Raise a ValueError naming ``name`` when the trajectory does not fit the model, schedule or latent
+        (``param``: the model family's parameterisation, or its name)."""
+        if param is not None:
+            want = getattr(param, "name", param)
+            if want != self.param:
+                from .param import param_for
+                raise ValueError(f"{name} was inverted on a {param_for(self.param).label} model, but this MODEL is "
+                                 f"{param_for(want).label}; invert the image again with this MODEL")
         if model_id is not None and model_id != self.model_id:
             raise ValueError(f"{name} was inverted with another model ({self.model_id}) than the one given "
                              f"({model_id}); invert the image again with this MODEL")
@@ -83,6 +92,9 @@ class EditTrajectory:
                 raise ValueError(f"{name} has {self.steps} steps with sigmas {self._sig_str(self.sigmas)}, but the "
                                  f"sampler got {s.shape[0] - 1} steps with sigmas {self._sig_str(s)}; use the same "
                                  "steps and scheduler as the inversion")
+        if shape is not None and len(shape) == len(self.shape) and shape[1] != self.shape[1]:
+            raise ValueError(f"{name} latent has {self.shape[1]} channels but the latent given has {shape[1]}; it "
+                             "was inverted with another model family (invert the image again with this MODEL)")
         if shape is not None and tuple(shape[-2:]) != self.shape[-2:]:
             raise ValueError(f"{name} latent is {self.shape[-2]}x{self.shape[-1]} but the latent given is "
                              f"{shape[-2]}x{shape[-1]}")
