@@ -2,6 +2,8 @@
 
     python bench/perf.py --out bench/results/perf_cpu.json              # CPU: demo model + thin SD1.5-like UNet
     python bench/perf.py --device cuda --gpu-archs --out bench/results/perf_gpu.json   # + SD1.5 512² / SDXL 1024² fp16
+    python bench/perf.py --models thin_flux_dev,thin_sd35_medium --steps 20 --out bench/results/perf_cpu_dit.json
+    python bench/perf.py --device cuda --models "" --dit-archs --steps 28 --out bench/results/perf_gpu_dit.json  # bf16 1024²
 
 Methodology. For each model and task (move, drag, appearance, paste; DiffEditor preset) it inverts a
 random latent (with a K,V bank on every step), runs the edit, and counts model calls by purpose
@@ -10,6 +12,12 @@ forward at batch 2, feature forward + two backward passes, single conditional fo
 separately in the same process; ``overhead = wall / unet_time`` is then the engine's cost beyond the
 network itself. A plain deterministic sampling run of the same steps and CFG is timed for the ratio.
 Timings do not depend on the weight values, so random weights are used (fixed seeds).
+
+Flow DiTs (Flux.1-dev, SD3.5-medium; diffusers transformers through ``adapters/diffusers_dit.py``) are timed the
+same way; "DiT calls" replace UNet calls. ``thin_*`` keep the real head size, text and pooled widths and the
+block kinds but four heads and a few blocks, on a 32x32 latent (a 256² image), so a CPU can run them; the
+full architectures (``--dit-archs``) need a GPU (bf16, 1024²). Flux-dev is guidance-distilled: cfg 1, one DiT
+call per step; SD3.5 uses true CFG (batch 2).
 """
 from __future__ import annotations
 
@@ -60,6 +68,29 @@ CONFIGS = {
                  addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816),
 }
 CONTEXT = {"thin_sd15": (77, 768), "sd15": (77, 768), "sdxl": (77, 2048)}
+
+# Flow DiTs: (family, diffusers config, latent hw, text tokens, pooled width). Flux: 16 latent channels packed
+# 2x2 into 64; SD3.5-medium: MMDiT-X (a second, image-only attention in the first 13 blocks), q/k RMS norm.
+DIT_CONFIGS = {
+    "thin_flux_dev": ("flux", dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=4,
+                                   attention_head_dim=128, num_attention_heads=4, joint_attention_dim=4096,
+                                   pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+                      (32, 32), 128, 768),
+    "thin_sd35_medium": ("sd3", dict(sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=4,
+                                     attention_head_dim=64, num_attention_heads=4, joint_attention_dim=4096,
+                                     caption_projection_dim=256, pooled_projection_dim=2048, pos_embed_max_size=96,
+                                     qk_norm="rms_norm", dual_attention_layers=(0, 1)),
+                         (32, 32), 154, 2048),
+    "flux_dev": ("flux", dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+                              attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                              pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+                 (128, 128), 512, 768),
+    "sd35_medium": ("sd3", dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
+                                attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                                caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=384,
+                                qk_norm="rms_norm", dual_attention_layers=tuple(range(13))),
+                    (128, 128), 333, 2048),
+}
 
 
 def peak_rss_mb() -> float:
@@ -191,7 +222,23 @@ def unit_costs(unet, den: DiffusersDenoiser, host: DiffusersHost, x, sigma, leve
     return {"cfg_forward": cfg, "cond_forward": single, "feature_forward": feat, "guidance_eval": grad}
 
 
+def build_dit(name: str, device, dtype):
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    family, cfg = DIT_CONFIGS[name][:2]
+    torch.manual_seed(0)
+    with torch.device(device):
+        m = (FluxTransformer2DModel if family == "flux" else SD3Transformer2DModel)(**cfg)
+    with torch.no_grad():  # a live but tame output projection (diffusers initialises some to zero)
+        w = m.proj_out.weight
+        w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(1)).to(w.device) * 0.3
+                / w.shape[1] ** 0.5)
+    return m.to(device=device, dtype=dtype).eval()
+
+
 def bench_model(name: str, device, dtype, steps: int, tasks, reps: int, hw=None, unet=None) -> dict:
+    if name in DIT_CONFIGS:
+        return bench_dit(name, device, dtype, steps, tasks, reps, model=unet)
     unet = build_unet(name, device, dtype) if unet is None else unet
     lat_hw = hw or (int(unet.config.sample_size),) * 2  # the demo: its latent size (16x16); SD: the config's
     g = torch.Generator().manual_seed(0)
@@ -266,6 +313,98 @@ def bench_model(name: str, device, dtype, steps: int, tasks, reps: int, hw=None,
     return out
 
 
+def bench_dit(name: str, device, dtype, steps: int, tasks, reps: int, model=None) -> dict:
+    """:func:`bench_model` for a flow DiT: the same phases and accounting, DiT calls instead of UNet calls."""
+    from ..adapters.diffusers_dit import DiTHost, FlowDenoiser, flow_sigmas
+    from ..adapters.diffusers_dit import model_id as dit_model_id
+    from ..samplers.param import FLOW
+
+    family, _, lat_hw, tokens, pooled_dim = DIT_CONFIGS[name]
+    model = build_dit(name, device, dtype) if model is None else model
+    g = torch.Generator().manual_seed(0)
+    ctx_dim = int(model.config.joint_attention_dim)
+    cond, uncond = (torch.randn(1, tokens, ctx_dim, generator=g).to(device, dtype) for _ in range(2))
+    pooled, upooled = (torch.randn(1, pooled_dim, generator=g).to(device, dtype) for _ in range(2))
+    ch = 16
+    x0 = torch.randn(1, ch, *lat_hw, generator=g).to(device)
+    x0r = torch.randn(1, ch, *lat_hw, generator=g).to(device)
+    sig = flow_sigmas(steps, 3.0).to(device)
+    hooks = EditHooks()
+    distilled = family == "flux"
+    cfg_scale = 1.0 if distilled else 4.0
+    inv = FlowDenoiser(model, cond, pooled, hooks=hooks)
+    den = FlowDenoiser(model, cond, pooled, None if distilled else uncond, None if distilled else upooled,
+                       cfg=cfg_scale, hooks=hooks)
+    host = DiTHost(den)
+    levels = host.default_levels()
+    mid = dit_model_id(model)
+    out = {"model": name, "family": family, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+           "blocks": [host.n_double, host.n_single], "feature_levels": list(levels),
+           "latent": list(lat_hw), "text_tokens": tokens, "dtype": str(dtype).replace("torch.", ""),
+           "steps": steps, "cfg": cfg_scale, "guidance_distilled": distilled}
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        vram_base = torch.cuda.memory_allocated() - sum(t.numel() * t.element_size()
+                                                         for t in list(model.parameters()) + list(model.buffers()))
+    rss0 = peak_rss_mb()
+    sync(device)
+    t = time.perf_counter()
+    with den.installed():
+        sample_diffeditor(den, x0, sig, disable=True, param=FLOW)  # from noise (x at sigma 1 is the noise)
+    sync(device)
+    out["plain_sampling_s"] = time.perf_counter() - t
+    out["plain_sampling_dit_calls"] = steps
+    sync(device)
+    t = time.perf_counter()
+    with inv.installed():
+        traj = invert(inv, x0, sig, model_id=mid, hooks=hooks, bank=KVBank(steps=range(steps)), disable=True,
+                      param=FLOW)
+    sync(device)
+    out["inversion_s"] = time.perf_counter() - t
+    out["inversion_nfe"] = traj.model_calls
+    out["kv_bank_bytes"] = traj.bank.nbytes
+    out["kv_bank_layers"] = len(traj.bank.recorded_layers())
+    ref = invert(inv, x0r, sig, model_id=mid, hooks=hooks, bank=KVBank(steps=range(steps)), disable=True,
+                 param=FLOW)
+    mid_i = steps // 2
+    with den.installed():
+        units = unit_costs(model, den, host, FLOW.noised(x0, torch.randn_like(x0), float(sig[mid_i])),
+                           sig[mid_i:mid_i + 1].expand(1), levels, device, reps)
+    out["unit_seconds"] = units
+    specs = make_specs(*lat_hw)
+    out["tasks"] = {}
+    for task_name in tasks:
+        reference = ref if task_name in ("appearance", "paste") else None
+        task = make_task(specs[task_name], x0, reference=reference)
+        stats = EditStats()
+        sched = preset_schedule("DiffEditor", task_name)
+        sync(device)
+        t = time.perf_counter()
+        with den.installed():
+            sample_edit(den, x0, sig, host=host, hooks=hooks, trajectory=traj, task=task, schedule=sched, seed=42,
+                        model_id=mid, stats=stats, disable=True)
+        sync(device)
+        wall = time.perf_counter() - t
+        dit_s = (stats.cfg_forwards * units["cfg_forward"] + stats.guidance_evals * units["guidance_eval"]
+                 + stats.reference_forwards * units["feature_forward"]
+                 + stats.renoise_forwards * units["cond_forward"])
+        out["tasks"][task_name] = {
+            "edit_s": wall, "unet_s_est": dit_s, "overhead": wall / dit_s if dit_s else None,
+            "edit_over_plain": wall / out["plain_sampling_s"], **stats.as_dict(),
+            "dit_calls_by_purpose": {"sampling (cfg batch)": stats.cfg_forwards,
+                                     "guidance feature forward+backward": stats.guidance_evals,
+                                     "reference features": stats.reference_forwards,
+                                     "time-travel roll-back": stats.renoise_forwards},
+            "nfe_forward": stats.cfg_forwards + stats.feature_forwards + stats.reference_forwards
+            + stats.renoise_forwards}
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["peak_rss_growth_mb"] = out["peak_rss_mb"] - rss0
+    if device.type == "cuda":
+        out["peak_vram_mb"] = (torch.cuda.max_memory_allocated() - vram_base) / 2 ** 20
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -275,6 +414,8 @@ def main(argv=None):
     ap.add_argument("--gpu-archs", action="store_true",
                     help="also SD1.5 512² and SDXL 1024² in each of --gpu-dtypes, with --precision (GPU)")
     ap.add_argument("--gpu-dtypes", default="fp16,bf16")
+    ap.add_argument("--dit-archs", action="store_true",
+                    help="also Flux.1-dev and SD3.5-medium at 1024² in bf16 (random weights; GPU)")
     ap.add_argument("--precision", action="store_true",
                     help="guidance gradient of fp16/bf16 copies against fp32 on the same weights")
     ap.add_argument("--tasks", default=",".join(TASKS))
@@ -292,6 +433,8 @@ def main(argv=None):
     runs = [(m, [torch.float32]) for m in a.models.split(",") if m]
     if a.gpu_archs:
         runs += [(m, [half[d] for d in a.gpu_dtypes.split(",") if d]) for m in ("sd15", "sdxl")]
+    if a.dit_archs:
+        runs += [(m, [torch.bfloat16]) for m in ("flux_dev", "sd35_medium")]
     res = {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "results": [], "precision": [], "skipped": []}
@@ -306,6 +449,12 @@ def main(argv=None):
             res["skipped"] += [f"{name} {d}" for d in dtypes]
             continue
         print(f"[perf] {name}: building ...", flush=True)
+        if name in DIT_CONFIGS:  # built directly in the timed dtype (a full DiT in fp32 would not fit twice)
+            for dtype in dtypes:
+                print(f"[perf] {name} {dtype} ...", flush=True)
+                res["results"].append(bench_model(name, device, dtype, a.steps, tasks, a.reps))
+                p.write_text(json.dumps(res, indent=1))
+            continue
         unet32 = build_unet(name, device, torch.float32)
         if a.precision or (a.gpu_archs and name in ("sd15", "sdxl")):
             print(f"[perf] {name}: guidance gradient precision ...", flush=True)
