@@ -314,3 +314,16 @@ def test_cfg_and_conditioning_errors(case):
     with pytest.raises(ValueError, match="not a diffusers Flux or SD3"):
         with hooked(make_tiny_unet(), EditHooks()):
             pass
+
+
+def test_dit_levels_bench_metric_on_a_known_shift():
+    """bench/dit_levels.py's matcher: a feature map and its copy shifted by (dy, dx) tokens match exactly."""
+    from diffeditor.bench.dit_levels import match, pseudo_latent, texture
+
+    f = torch.randn(8, 10, 12, generator=torch.Generator().manual_seed(0))
+    g = torch.zeros_like(f)
+    g[:, :-2, :-1] = f[:, 2:, 1:]  # content at (r, c) of f sits at (r - 2, c - 1) of g
+    acc, err, n = match(f, g, (2, 1))
+    assert acc == 1.0 and err == 0.0 and n == 8 * 11
+    z = pseudo_latent(texture(0, 64))
+    assert z.shape == (1, 4, 8, 8) and abs(float(z.mean())) < 1e-5
