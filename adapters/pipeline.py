@@ -70,6 +70,48 @@ class DiffEditorPipeline:
         ac = None if scheduler is None else scheduler.alphas_cumprod
         return cls(unet, vae=vae, encode_text=encode, alphas_cumprod=ac, **kw)
 
+    @classmethod
+    def from_flux(cls, transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
+                  max_sequence_length: int = 512, **kw):
+        """Flux.1 components (as ``FluxPipeline``'s): CLIP (``text_encoder``) gives the pooled embedding, T5
+        (``text_encoder_2``) the hidden states; ``guidance`` / ``shift`` go to the constructor."""
+        def encode(prompts):
+            prompts = list(prompts)
+            with torch.no_grad():
+                ids = _ids(tokenizer, prompts, tokenizer.model_max_length, text_encoder)
+                pooled = text_encoder(ids, output_hidden_states=False).pooler_output
+                ids2 = _ids(tokenizer_2, prompts, max_sequence_length, text_encoder_2)
+                hidden = text_encoder_2(ids2, output_hidden_states=False)[0]
+            return hidden, pooled
+
+        return cls(transformer, vae=vae, encode_text=encode, **kw)
+
+    @classmethod
+    def from_sd3(cls, transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_encoder_3=None,
+                 tokenizer_3=None, max_sequence_length: int = 256, **kw):
+        """SD3.x components (as ``StableDiffusion3Pipeline``'s): the two CLIPs' penultimate hidden states side by
+        side, zero-padded to the T5 width and followed by the T5 tokens (zeros without T5); pooled = both CLIPs'
+        projected embeddings."""
+        def clip(enc, tok, prompts):
+            out = enc(_ids(tok, prompts, tok.model_max_length, enc), output_hidden_states=True)
+            return out.hidden_states[-2], out[0]
+
+        def encode(prompts):
+            prompts = list(prompts)
+            with torch.no_grad():
+                h1, p1 = clip(text_encoder, tokenizer, prompts)
+                h2, p2 = clip(text_encoder_2, tokenizer_2, prompts)
+                width = int(transformer.config.joint_attention_dim)
+                if text_encoder_3 is None:
+                    t5 = h1.new_zeros(len(prompts), max_sequence_length, width)
+                else:
+                    t5 = text_encoder_3(_ids(tokenizer_3, prompts, max_sequence_length, text_encoder_3))[0]
+                c = torch.cat([h1, h2], dim=-1)
+                c = torch.nn.functional.pad(c, (0, t5.shape[-1] - c.shape[-1]))
+                return torch.cat([c, t5.to(c.dtype)], dim=-2), torch.cat([p1, p2], dim=-1)
+
+        return cls(transformer, vae=vae, encode_text=encode, **kw)
+
     # ------------------------------------------------------------------------------------ I/O helpers
     @property
     def pixels_per_latent(self) -> int:
@@ -285,3 +327,10 @@ class DiffEditorPipeline:
             out = sample_diffeditor(den, x, sig[step:], disable=True, seed=seed, param=self.param)
         self.last_calls = den.calls
         return out, dict(info, start=k, stopped_at=step, final_handles=final, calls=den.calls)
+
+
+def _ids(tokenizer, prompts, max_length: int, encoder) -> torch.Tensor:
+    """Token ids padded / truncated to ``max_length``, on the encoder's device."""
+    ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return ids.to(next(encoder.parameters()).device)

@@ -327,3 +327,77 @@ def test_dit_levels_bench_metric_on_a_known_shift():
     assert acc == 1.0 and err == 0.0 and n == 8 * 11
     z = pseudo_latent(texture(0, 64))
     assert z.shape == (1, 4, 8, 8) and abs(float(z.mean())) < 1e-5
+
+
+class _FakeTokenizer:
+    """Stands in for a CLIP / T5 tokenizer (no vocabulary files): character codes, padded to max_length."""
+
+    def __init__(self, model_max_length=8, vocab=50):
+        self.model_max_length, self.vocab = model_max_length, vocab
+
+    def __call__(self, texts, padding=None, max_length=None, truncation=None, return_tensors=None):
+        n = max_length or self.model_max_length
+        rows = [([3 + ord(c) % (self.vocab - 4) for c in t] + [2])[:n] for t in texts]
+        return SimpleNamespace(input_ids=torch.tensor([r + [0] * (n - len(r)) for r in rows]))
+
+
+class _Out:
+    """A model output: ``out[0]`` and named fields (as transformers' ModelOutput)."""
+
+    def __init__(self, first, **fields):
+        self._first = first
+        self.__dict__.update(fields)
+
+    def __getitem__(self, i):
+        if i != 0:
+            raise IndexError(i)
+        return self._first
+
+
+class _FakeEncoder(torch.nn.Module):
+    """Stands in for CLIPTextModel (``proj=None``: out[0] = last hidden, ``pooler_output``), CLIPTextModelWithProjection
+    (out[0] = projected text embeds, ``hidden_states``) or a T5 encoder (out[0] = last hidden): same outputs, no
+    transformers import (slow) in the default tier."""
+
+    def __init__(self, hidden, proj=None, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb, self.mix = torch.nn.Embedding(50, hidden), torch.nn.Linear(hidden, hidden)
+        self.proj = None if proj is None else torch.nn.Linear(hidden, proj)
+
+    def forward(self, ids, output_hidden_states=False):
+        h0 = self.emb(ids)
+        h1 = torch.tanh(self.mix(h0))
+        h2 = torch.tanh(self.mix(h1))
+        pooled = h2[torch.arange(ids.shape[0]), ids.argmax(-1)]
+        states = (h0, h1, h2) if output_hidden_states else None
+        if self.proj is not None:
+            return _Out(self.proj(pooled), hidden_states=states)
+        return _Out(h2, pooler_output=pooled, hidden_states=states)
+
+
+def _clip(hidden, proj=None):
+    return _FakeEncoder(hidden, proj, seed=hidden).eval()
+
+
+def _t5(d_model):
+    return _FakeEncoder(d_model, seed=d_model).eval()
+
+
+def test_from_flux_and_from_sd3_encode_what_each_transformer_needs():
+    tok = _FakeTokenizer()
+    flux = DiffEditorPipeline.from_flux(make_tiny_flux(0), None, _clip(16), tok, _t5(32), tok, max_sequence_length=5)
+    hidden, pooled = flux.text(PROMPT)
+    assert hidden.shape == (1, 5, 32) and pooled.shape == (1, 16)
+    sd3_model = make_tiny_sd3(0)
+    sd3 = DiffEditorPipeline.from_sd3(sd3_model, None, _clip(8, 8), tok, _clip(12, 8), tok, _t5(32), tok,
+                                      max_sequence_length=5)
+    hidden, pooled = sd3.text(PROMPT)
+    assert hidden.shape == (1, 8 + 5, 32) and pooled.shape == (1, 16)
+    assert torch.equal(hidden[:, :8, 20:], torch.zeros(1, 8, 12))  # CLIP widths 8 + 12, zero-padded to 32
+    no_t5 = DiffEditorPipeline.from_sd3(sd3_model, None, _clip(8, 8), tok, _clip(12, 8), tok, max_sequence_length=5)
+    assert torch.equal(no_t5.text(PROMPT)[0][:, 8:], torch.zeros(1, 5, 32))
+    for pipe in (flux, sd3):
+        with torch.no_grad():
+            out = pipe.denoiser(PROMPT)(torch.randn(1, 4, 16, 16), 0.5)
+        assert out.shape == (1, 4, 16, 16) and torch.isfinite(out).all()
