@@ -22,7 +22,8 @@ at corresponding positions, so the feature levels should be the blocks whose ima
    with the noisy latent's own patches as the ``input`` baseline, and ``update_ratio``, how much each block
    changes the image tokens (``|f_l - f_(l-1)| / |f_(l-1)|``).
 
-Models: the seeded tiny random Flux (2 double + 2 single blocks) and SD3 (3 joint blocks) of the default test
+``--pretrained DIR`` runs the same measurement on trained weights from a local diffusers folder (its VAE
+encodes the images; ``--device cuda --dtype bfloat16`` on a GPU). Default models: the seeded tiny random Flux (2 double + 2 single blocks) and SD3 (3 joint blocks) of the default test
 tier, and deeper random variants (Flux 4 + 8, SD3 12) to see the trend over the depth fraction. **Random
 weights are the limit of this measurement**: it measures what the architecture (residual stream, attention
 mixing, RoPE vs SD3's absolute position embedding) does to locality, not the learned semantics of trained
@@ -61,14 +62,46 @@ SHIFTS = ((2, 1), (1, 3))  # (dy, dx) in tokens
 
 
 def models():
+    """name -> (make the transformer, (hidden, pooled) text, image -> latent): the random test models."""
     from tiny_models import dit_text, make_tiny_flux, make_tiny_sd3
 
     return {
-        "tiny-flux (2+2)": (lambda: make_tiny_flux(0), dit_text("flux", 1)),
-        "tiny-sd3 (3)": (lambda: make_tiny_sd3(0), dit_text("sd3", 1)),
-        "deep-flux (4+8)": (lambda: make_tiny_flux(0, num_layers=4, num_single_layers=8), dit_text("flux", 1)),
-        "deep-sd3 (12)": (lambda: make_tiny_sd3(0, num_layers=12), dit_text("sd3", 1)),
+        "tiny-flux (2+2)": (lambda: make_tiny_flux(0), dit_text("flux", 1), pseudo_latent),
+        "tiny-sd3 (3)": (lambda: make_tiny_sd3(0), dit_text("sd3", 1), pseudo_latent),
+        "deep-flux (4+8)": (lambda: make_tiny_flux(0, num_layers=4, num_single_layers=8), dit_text("flux", 1),
+                            pseudo_latent),
+        "deep-sd3 (12)": (lambda: make_tiny_sd3(0, num_layers=12), dit_text("sd3", 1), pseudo_latent),
     }
+
+
+def pretrained(path: str, device: str = "cpu", dtype: str = "float32", text: str | None = None):
+    """The same entry for a local diffusers Flux / SD3 folder (``transformer/`` and ``vae/``; nothing is
+    downloaded): its VAE encodes the images (``(mean - shift_factor) * scaling_factor``); the text is a file
+    saved with ``torch.save((hidden, pooled), f)`` or else zeros (a null prompt: features of the image alone)."""
+    import diffusers
+
+    root = pathlib.Path(path)
+    cls_name = json.loads((root / "transformer" / "config.json").read_text())["_class_name"]
+    if cls_name not in ("FluxTransformer2DModel", "SD3Transformer2DModel"):
+        raise ValueError(f"{path}: expected a Flux or SD3 transformer, found {cls_name}")
+    dt = getattr(torch, dtype)
+    model = getattr(diffusers, cls_name).from_pretrained(root, subfolder="transformer", torch_dtype=dt,
+                                                         local_files_only=True).to(device).eval()
+    vae = diffusers.AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=True).to(device).eval()
+    scale = float(vae.config.scaling_factor or 1.0)
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    if text is not None:
+        hidden, pooled = torch.load(text)
+    else:
+        hidden = torch.zeros(1, 8, model.config.joint_attention_dim)
+        pooled = torch.zeros(1, model.config.pooled_projection_dim)
+
+    @torch.no_grad()
+    def encode(img):
+        t = torch.from_numpy(np.ascontiguousarray(img)).float().permute(2, 0, 1)[None].to(device) * 2 - 1
+        return ((vae.encode(t).latent_dist.mean.float() - shift) * scale).cpu()
+
+    return {f"pretrained {root.name} ({cls_name})": (lambda: model, (hidden.to(device), pooled.to(device)), encode)}
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -114,7 +147,8 @@ def match(fa: torch.Tensor, fb: torch.Tensor, shift) -> tuple[float, float, int]
     return float((err == 0).double().mean()), float(err.mean()), int(valid.sum())
 
 
-def measure(name, make, text, tokens: int, images, noise_seeds=(0, 1)):
+def measure(name, make, text, tokens: int, images, encode=None, noise_seeds=(0, 1), device="cpu"):
+    encode = pseudo_latent if encode is None else encode
     model = make()
     den = FlowDenoiser(model, *text)
     host = DiTHost(den)
@@ -129,16 +163,17 @@ def measure(name, make, text, tokens: int, images, noise_seeds=(0, 1)):
     for kind, seed, img in images:
         for shift in SHIFTS:
             dy, dx = shift
-            za = pseudo_latent(img[:size, :size])
-            zb = pseudo_latent(img[dy * TOKEN_PX:dy * TOKEN_PX + size, dx * TOKEN_PX:dx * TOKEN_PX + size])
+            za = encode(img[:size, :size])
+            zb = encode(img[dy * TOKEN_PX:dy * TOKEN_PX + size, dx * TOKEN_PX:dx * TOKEN_PX + size])
             for s in SIGMAS:
                 for ns in noise_seeds:
                     g = torch.Generator().manual_seed(1000 * seed + 10 * ns + 1)
                     xa = (1 - s) * za + s * torch.randn(za.shape, generator=g)
                     xb = (1 - s) * zb + s * torch.randn(zb.shape, generator=g)
-                    sig = torch.tensor([s])
+                    sig = torch.tensor([s], device=device)
                     with torch.no_grad():
-                        fa, fb = host.features(xa, sig, levels), host.features(xb, sig, levels)
+                        fa = {k: v.float().cpu() for k, v in host.features(xa.to(device), sig, levels).items()}
+                        fb = {k: v.float().cpu() for k, v in host.features(xb.to(device), sig, levels).items()}
                     for l in levels[1:]:
                         update[l].append(float((fa[l] - fa[l - 1]).norm() / fa[l - 1].norm()))
                     fa["input"] = F.pixel_unshuffle(xa, 2)  # the patches the transformer sees
@@ -177,28 +212,39 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "dit_levels.json"))
     ap.add_argument("--tokens", type=int, default=16, help="token grid side (latent side / 2)")
     ap.add_argument("--images", type=int, default=4, help="images of each kind (scene, texture)")
+    ap.add_argument("--pretrained", help="a local diffusers Flux / SD3 folder (transformer/, vae/): measure trained "
+                    "weights instead of the random test models (nothing is downloaded)")
+    ap.add_argument("--text", help="with --pretrained: torch.save'd (hidden_states, pooled) of a prompt (else zeros)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    if args.device == "cpu":
+        torch.set_num_threads(1)
     t0 = time.time()
     size = args.tokens * TOKEN_PX + max(max(s) for s in SHIFTS) * TOKEN_PX
     images = [("scene", i, scene(i, size)) for i in range(args.images)] + \
              [("texture", 100 + i, texture(100 + i, size)) for i in range(args.images)]
     results = []
-    for name, (make, text) in models().items():
+    entries = models() if args.pretrained is None else pretrained(args.pretrained, args.device, args.dtype, args.text)
+    for name, (make, text, encode) in entries.items():
         t = time.time()
-        r = measure(name, make, text, args.tokens, images)
+        r = measure(name, make, text, args.tokens, images, encode, device=args.device)
         r["seconds"] = round(time.time() - t, 1)
         results.append(r)
         print(f"{name}: " + ", ".join(f"{row['block']}: {row['acc']:.3f}/{row['err_tokens']:.2f}"
                                        for row in r["rows"]), flush=True)
     out = {
         "what": "nearest-neighbour feature correspondence under a known shift, per DiT block (bench/dit_levels.py)",
-        "limit": "random weights: the tiny seeded test models and deeper random variants; this measures what the "
-                 "architecture does to locality, not the learned features of trained Flux / SD3 blocks",
+        "limit": ("random weights: the tiny seeded test models and deeper random variants; this measures what the "
+                  "architecture does to locality, not the learned features of trained Flux / SD3 blocks")
+        if args.pretrained is None else f"trained weights from {args.pretrained} ({args.dtype}, {args.device})",
         "setup": {"token_grid": [args.tokens, args.tokens], "latent": [2 * args.tokens, 2 * args.tokens],
                   "shifts_tokens_dy_dx": [list(s) for s in SHIFTS], "sigmas": list(SIGMAS), "noise_draws": 2,
                   "images": {"scene": args.images, "texture": args.images},
-                  "encoder": "8x8 mean pooling + fixed 3->4 linear map, standardised (no VAE)",
+                  "encoder": "8x8 mean pooling + fixed 3->4 linear map, standardised (no VAE)" if args.pretrained is None
+                  else "the model's VAE (posterior mean, shift and scale)",
+                  "text": "seeded random (hidden, pooled)" if args.pretrained is None
+                  else (args.text or "zeros (null prompt)"),
                   "metric": "acc = fraction of source tokens whose cosine nearest neighbour in the shifted view is "
                             "the true token; err = mean distance (tokens) to the true token; tokens whose "
                             "content left the view are not counted; 'input' = the noisy latent's 2x2 patches"},
@@ -206,7 +252,8 @@ def main(argv=None):
         "best_two_by_model": best_fractions(results),
         "results": results,
         "seconds": round(time.time() - t0, 1),
-        "platform": {"python": platform.python_version(), "torch": torch.__version__, "threads": 1},
+        "platform": {"python": platform.python_version(), "torch": torch.__version__, "device": args.device,
+                     "threads": torch.get_num_threads()},
     }
     p = pathlib.Path(args.out)
     p.parent.mkdir(parents=True, exist_ok=True)

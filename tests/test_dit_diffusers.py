@@ -401,3 +401,21 @@ def test_from_flux_and_from_sd3_encode_what_each_transformer_needs():
         with torch.no_grad():
             out = pipe.denoiser(PROMPT)(torch.randn(1, 4, 16, 16), 0.5)
         assert out.shape == (1, 4, 16, 16) and torch.isfinite(out).all()
+
+
+def test_dit_levels_bench_runs_on_a_local_diffusers_folder(tmp_path):
+    """``--pretrained``: a saved transformer + VAE (here the tiny ones) is measured the same way, offline."""
+    from diffusers import AutoencoderKL
+
+    from diffeditor.bench.dit_levels import main
+
+    make_tiny_sd3(0).save_pretrained(tmp_path / "transformer")
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                  norm_num_groups=4, layers_per_block=1, shift_factor=0.1).save_pretrained(tmp_path / "vae")
+    out = main(["--pretrained", str(tmp_path), "--images", "1", "--tokens", "8", "--out", str(tmp_path / "r.json")])
+    (r,) = out["results"]
+    assert "SD3Transformer2DModel" in r["model"] and r["blocks"] == 3 and out["limit"].startswith("trained")
+    assert [row["block"] for row in r["rows"]] == ["input", 0, 1, 2]
+    assert all(0 <= row["acc"] <= 1 for row in r["rows"])
