@@ -222,6 +222,12 @@ def dit_attention_names(model) -> dict[str, str]:
     return out
 
 
+#: the processors whose computation the hooked ones reproduce (diffusers' defaults, fused or not); any other
+#: (IP-Adapter, PAG, NPU/XLA kernels, ...) is refused rather than silently replaced
+_REPLACEABLE = frozenset({"FluxAttnProcessor", "FluxAttnProcessor2_0", "FusedFluxAttnProcessor2_0",
+                          "JointAttnProcessor2_0", "FusedJointAttnProcessor2_0", "_FluxAttention", "_JointAttention"})
+
+
 def _blocks(model) -> list:
     """Every block in forward order: double / joint blocks, then single blocks (global feature levels)."""
     return list(model.transformer_blocks) + list(getattr(model, "single_transformer_blocks", []))
@@ -236,6 +242,11 @@ def hooked(model, hooks: EditHooks):
     state = _CallState(hooks)
     original = dict(model.attn_processors)
     names = dit_attention_names(model)
+    odd = sorted({type(original[k]).__name__ for k in names} - _REPLACEABLE)
+    if odd:
+        raise NotImplementedError(f"the {family} transformer has attention processors {odd}; DiffEditor's K,V hooks "
+                                  "replace only diffusers' default joint attention (unload the adapter or reset the "
+                                  "processors first)")
     proc = _FluxAttention if family == FLUX else _JointAttention
     procs = {k: (proc(names[k], state) if k in names else p) for k, p in original.items()}
     handles = []

@@ -419,3 +419,31 @@ def test_dit_levels_bench_runs_on_a_local_diffusers_folder(tmp_path):
     assert "SD3Transformer2DModel" in r["model"] and r["blocks"] == 3 and out["limit"].startswith("trained")
     assert [row["block"] for row in r["rows"]] == ["input", 0, 1, 2]
     assert all(0 <= row["acc"] <= 1 for row in r["rows"])
+
+
+def test_other_attention_processors_are_refused_not_replaced():
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    model = make_tiny_sd3(0)
+    procs = dict(model.attn_processors)
+    key = "transformer_blocks.1.attn.processor"
+    model.set_attn_processor({**procs, key: AttnProcessor2_0()})
+    custom = model.attn_processors[key]
+    with pytest.raises(NotImplementedError, match="AttnProcessor2_0"):
+        with hooked(model, EditHooks()):
+            pass
+    assert model.attn_processors[key] is custom  # untouched
+
+
+@pytest.mark.parametrize("make", [make_tiny_flux, make_tiny_sd3])
+def test_fused_qkv_projections_are_hooked_too(make):
+    model = make(0)
+    c, p = dit_text("x", 1)
+    den = FlowDenoiser(model, c, p)
+    x, s = _latent(3), torch.tensor([0.5])
+    with torch.no_grad():
+        model.fuse_qkv_projections()
+        plain = den._velocity(x, s, c, p, None)
+        with den.installed():
+            ours = den._velocity(x, s, c, p, None)
+    assert torch.allclose(ours, plain, atol=1e-5)
