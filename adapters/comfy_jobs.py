@@ -28,6 +28,7 @@ from ..samplers.sampling import sample_diffeditor
 from ..samplers.schedule import check_latent
 from ..samplers.trajectory import EditTrajectory
 from .comfy_adapter import cond_fingerprint, make_sampler, model_id
+from .comfy_dit import check_distilled_cfg, is_guidance_distilled  # noqa: F401  (re-exported for the nodes)
 
 
 # ----------------------------------------------------------------------------------------- plumbing
@@ -50,7 +51,9 @@ def progress_callback(model, steps: int):
 def sample(model, sampler, sigmas: torch.Tensor, positive, negative, cfg: float, *, latent: torch.Tensor | None = None,
            shape=None, seed: int = 0, progress_steps: int | None = None) -> torch.Tensor:
     """The one ``sample_custom`` call of the pack: ``sampler`` (a KSAMPLER) from ``latent`` (or zeros of
-    ``shape``) with no added noise, on plain tensors; ``progress_steps`` shows the standard progress bar."""
+    ``shape``) with no added noise, on plain tensors; ``progress_steps`` shows the standard progress bar.
+    ``cfg`` above 1 on a guidance-distilled MODEL (Flux) is refused first (a ValueError naming ``cfg``)."""
+    check_distilled_cfg(model, cfg)
     with torch.inference_mode(False):
         x0 = latent.clone() if latent is not None else torch.zeros(tuple(shape), dtype=torch.float32)
         callback = None if progress_steps is None else progress_callback(model, progress_steps)
