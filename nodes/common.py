@@ -82,26 +82,18 @@ def check_window(start: float, end: float, start_name: str, end_name: str) -> No
 
 
 # ------------------------------------------------------------------------------------------ model families
+# The families are the adapter's (adapters/comfy_dit.py); these helpers only phrase the nodes' checks.
 def dit_family(model) -> str | None:
-    """``"Flux"`` or ``"SD3"`` when ``model`` (a MODEL or its BaseModel) is a Flux.1 or SD3.x DiT, else None."""
-    import comfy.model_base
+    """``"flux"`` or ``"sd3"`` when ``model`` (a MODEL or its BaseModel) is a supported Flux.1 / SD3.x DiT."""
+    from ..adapters.comfy_dit import dit_family as family
 
-    base = getattr(model, "model", model)
-    if isinstance(base, comfy.model_base.Flux):
-        return "Flux"
-    if isinstance(base, comfy.model_base.SD3):
-        return "SD3"
-    return None
+    return family(model)
 
 
 def model_param(model) -> str:
-    """The MODEL's parameterisation name (``samplers/param.py``): "flow" for rectified-flow models (Flux, SD3),
-    else "eps"; a trajectory records the one it was inverted with."""
-    import comfy.model_sampling
-
-    ms = model.get_model_object("model_sampling") if hasattr(model, "get_model_object") else \
-        getattr(getattr(model, "model", model), "model_sampling", None)
-    return "flow" if isinstance(ms, comfy.model_sampling.CONST) else "eps"
+    """The parameterisation name (``samplers/param.py``) the engine runs this MODEL with: "flow" on a Flux/SD3
+    DiT, "eps" on an SD UNet (the host the sampler picks); a trajectory records the one it was inverted with."""
+    return "flow" if dit_family(model) is not None else "eps"
 
 
 def check_trajectory_model(trajectory: EditTrajectory, model, mid: str, name: str = "trajectory") -> None:
@@ -114,28 +106,27 @@ def check_trajectory_model(trajectory: EditTrajectory, model, mid: str, name: st
 def refuse_dit(model, input_name: str, why: str) -> None:
     """Raise a ValueError naming ``input_name`` when ``model`` is a Flux/SD3 DiT (``why``: what the node needs
     that a DiT has not), for the nodes that only work on SD UNets."""
+    from ..adapters.comfy_dit import FAMILY_LABELS
+
     family = dit_family(model)
     if family is not None:
-        raise ValueError(f"{input_name}: the MODEL is a {family} DiT; this node works on SD1.x/SD2.x/SDXL UNets "
-                         f"only: {why}")
+        raise ValueError(f"{input_name}: the MODEL is a {FAMILY_LABELS[family]} DiT; this node works on "
+                         f"SD1.x/SD2.x/SDXL UNets only: {why}")
 
 
 def guidance_distilled(model) -> bool:
     """Whether ``model`` is guidance-distilled (Flux.1 dev/schnell: it samples with cfg 1 and takes its
     guidance from the conditioning, FluxGuidance)."""
-    try:
-        from ..adapters.comfy_adapter import is_guidance_distilled
-    except ImportError:  # the DiT host adapter is not merged yet
-        return False
+    from ..adapters.comfy_dit import is_guidance_distilled
+
     return bool(is_guidance_distilled(model))
 
 
 def check_model_cfg(model, cfg: float, name: str = "cfg") -> float:
-    """A resolved cfg (a number, -1 already resolved) checked against the MODEL: on a guidance-distilled model
-    anything above 1 is refused (it would run a second, unconditional pass the model was not trained for)."""
+    """A resolved cfg (a number, -1 already resolved) checked against the MODEL before any model call: above 1
+    on a guidance-distilled model is refused (the adapter's rule and message, naming ``name``)."""
+    from ..adapters.comfy_dit import check_distilled_cfg
+
     c = float(cfg)
-    if c > 1.0 and guidance_distilled(model):
-        raise ValueError(f"{name}: the MODEL is guidance-distilled (Flux.1 dev/schnell) and samples with cfg 1, "
-                         f"got {c:g}; set {name} to 1 (or -1 on the Edit nodes) and set the guidance with a "
-                         "FluxGuidance node on the positive conditioning (3.5 is Flux dev's usual value)")
+    check_distilled_cfg(model, c, name)
     return c
