@@ -102,19 +102,20 @@ def build_flow(seed: int = 2):
         return _patcher(base)
 
 
-# Flux.1-style (dev: guidance embedding): 2 double + 2 single blocks, hidden 32, 2 heads of 16 (RoPE axes 4+6+6).
+# Flux.1-style (dev: guidance embedding): 2 double + 2 single blocks, hidden 32, 2 heads of 16 (RoPE axes 4+6+6),
+# mlp ratio 4 (as diffusers' Flux, for the parity test).
 TINY_FLUX = {
     "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
-    "hidden_size": 32, "mlp_ratio": 2.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
+    "hidden_size": 32, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
     "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
 }
 
 # SD3.5-style MMDiT: hidden 64 * depth with depth heads of 64; 3 joint blocks (the last context block pre-only),
 # RMS q/k norms, an MMDiT-X image-only attn2 in block 0, a 16x16 positional-embedding table (latents <= 32x32).
 TINY_SD3 = {
-    "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "num_blocks": 3, "input_size": None,
+    "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 3, "input_size": None,
     "adm_in_channels": 32, "pos_embed_scaling_factor": None, "pos_embed_max_size": 16, "num_patches": 256,
-    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}},
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 192}},
     "qk_norm": "rms", "x_block_self_attn_layers": [0],
 }
 

@@ -81,7 +81,7 @@ def inverted(dit):
     fam, model, conds, latent = dit
     sig = sigmas_for(model)
     with torch.inference_mode():
-        traj, z_T = jobs.invert_latent(model, conds[0], conds[1], latent["samples"], sig, cfg=1.0, exact_iters=20,
+        traj, z_T = jobs.invert_latent(model, conds[0], conds[1], latent["samples"], sig, cfg=1.0, exact_iters=50,
                                        bank=KVBank())
         rec = jobs.reconstruct(model, conds[0], conds[1], traj, cfg=1.0)
     return traj, z_T, rec, sig
@@ -98,7 +98,7 @@ def test_families_layout_and_levels(flux_model, sd3_model):
     assert cd.dit_family(flux_model) == "flux" and cd.dit_family(sd3_model) == "sd3"
     lf, ls = cd.dit_layout(flux_model), cd.dit_layout(sd3_model)
     assert (lf.n_double, lf.n_single, lf.patch_size, lf.hidden) == (2, 2, 2, 32)
-    assert (ls.n_double, ls.n_single, ls.patch_size, ls.hidden) == (3, 0, 2, 128)
+    assert (ls.n_double, ls.n_single, ls.patch_size, ls.hidden) == (3, 0, 2, 192)
     assert lf.layer_names() == ["double_blocks.0", "double_blocks.1", "single_blocks.0", "single_blocks.1"]
     from diffeditor.samplers.dit import default_dit_levels
     assert lf.default_levels() == default_dit_levels(2, 2) and ls.default_levels() == default_dit_levels(3, 0)
@@ -109,7 +109,7 @@ def test_families_layout_and_levels(flux_model, sd3_model):
     assert ca.model_id(flux_model) != ca.model_id(tm.build_flux(seed=99))
     # bank estimate: the image tokens of every block attention, heads merged
     assert ca.decoder_attention_shapes(flux_model, (16, 16)) == [(n, 64, 32) for n in lf.layer_names()]
-    assert ca.decoder_attention_shapes(sd3_model, (15, 17)) == [(n, 8 * 9, 128) for n in ls.layer_names()]
+    assert ca.decoder_attention_shapes(sd3_model, (15, 17)) == [(n, 8 * 9, 192) for n in ls.layer_names()]
 
 
 def test_guidance_distilled(flux_model, sd3_model):
@@ -165,7 +165,7 @@ def test_exact_inversion_reconstructs(dit, inverted, record_property):
     assert traj.param == "flow" and traj.steps == STEPS
     err = rel_l2(rec, latent["samples"])
     record_property(f"{fam}_reconstruction_rel_l2", err)
-    print(f"\n{fam}: exact inversion ({STEPS} steps, 20 fixed-point iterations) -> reconstruction rel L2 {err:.3e}")
+    print(f"\n{fam}: exact inversion ({STEPS} steps, 50 fixed-point iterations) -> reconstruction rel L2 {err:.3e}")
     assert err < 1e-3
     assert traj.bank is not None and len(traj.bank.recorded_steps()) == STEPS
     assert traj.bank.recorded_layers() == sorted(cd.dit_layout(model).layer_names())
@@ -435,3 +435,63 @@ def test_bad_levels_and_foreign_trajectory(dit, sd15_model, conds, latent):
     with pytest.raises(ValueError, match=r"trajectory was inverted on a eps prediction.*this MODEL is rectified flow"
                                          r".*invert the image again with this MODEL"), torch.inference_mode():
         jobs.edit(model, dconds[0], dconds[1], sd_traj, ToyTask(m), sched, cfg=1.0, seed=0)
+
+
+def test_kv_in_a_cfg_batch(sd3_model):
+    """SD3 at cfg 3 (cond and uncond in one batch): K,V are recorded from the conditional chunk only (equal to a
+    conditional-only pass) and injected into both chunks."""
+    conds = tm.dit_conditioning(40, "sd3"), tm.dit_conditioning(41, "sd3", scale=0.5)
+    res = {}
+
+    def engine(model_k, x, sigmas, extra_args=None, callback=None, disable=None, hooks=None, host=None):
+        s = sigmas[1]
+        xx = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+        a, b = KVBank(dtype=torch.float32), KVBank(dtype=torch.float32)
+        with hooks.using(step=0, record=a):
+            res["plain_cfg"] = model_k(xx, s * xx.new_ones([1]), **extra_args)
+        with hooks.using(step=0, record=b):
+            host.denoise_cond(xx, s)
+        res["rec"] = max(float((a.get(n, 0)[i] - b.get(n, 0)[i]).abs().max()) for n in a.recorded_layers()
+                         for i in range(2))
+        res["shape"] = tuple(a.get("double_blocks.0", 0)[0].shape)
+        with hooks.using(step=0, inject=KVInjection("concat", b)):
+            res["inj_cfg"] = model_k(x, s * x.new_ones([1]), **extra_args)
+        res["cfg"] = model_k(x, s * x.new_ones([1]), **extra_args)
+        return x
+
+    run_engine(sd3_model, conds, engine, tm.dit_latent(42), cfg=3.0)
+    assert res["shape"] == (1, 64, 192) and res["rec"] < 1e-5
+    assert torch.isfinite(res["inj_cfg"]).all() and float((res["inj_cfg"] - res["cfg"]).abs().max()) > 1e-5
+
+
+def test_flux_kontext_reference_tokens(flux_model):
+    """Flux Kontext: reference latents add image tokens after the image; the hooks see the image's own tokens
+    (K,V and features on its token grid) and keep the reference tokens in place."""
+    ref = tm.dit_latent(50, h=12, w=12)["samples"]
+    pos = tm.dit_conditioning(40, "flux")
+    pos[0][1]["reference_latents"] = [ref]
+    conds = pos, tm.dit_conditioning(41, "flux")
+    res = {}
+
+    def engine(model_k, x, sigmas, extra_args=None, callback=None, disable=None, hooks=None, host=None):
+        s = sigmas[1]
+        bank = KVBank(dtype=torch.float32)
+        with hooks.using(step=0, record=bank):
+            res["d"] = host.denoise_cond(x, s)
+        with hooks.using(step=0, inject=KVInjection("replace", bank)):
+            res["self"] = host.denoise_cond(x, s)
+        with hooks.using(step=0, inject=KVInjection("concat", bank)):
+            res["concat"] = host.denoise_cond(x, s)
+        res["feats"] = {k: tuple(v.shape) for k, v in host.features(x, s, (1, 3)).items()}
+        res["kv"] = tuple(bank.get("single_blocks.1", 0)[0].shape)
+        return x
+
+    tokens = []
+    spy = flux_model.clone()
+    spy.set_model_patch_replace(lambda args, extra: tokens.append(args["img"].shape[1]) or
+                                extra["original_block"](args), "dit", "double_block", 0)
+    run_engine(spy, conds, engine, tm.dit_latent(42))
+    assert set(tokens) == {64 + 36}  # the 8x8 image tokens and the 6x6 reference tokens
+    assert res["kv"] == (1, 64, 32) and res["feats"] == {1: (1, 32, 8, 8), 3: (1, 32, 8, 8)}
+    assert float((res["self"] - res["d"]).abs().max()) < 1e-5
+    assert float((res["concat"] - res["d"]).abs().max()) > 1e-5
