@@ -252,15 +252,17 @@ class _KVOverride:
         to = kwargs.get("transformer_options") or {}
         blk = to.get(BLOCK_KEY)
         args = list(args)
-        if blk is not None and self.hooks.enabled and len(args) >= 3:
-            layer, n_txt, info = blk
+        if blk is not None and blk[3]["enabled"] and len(args) >= 3:
+            layer, n_txt, info, state = blk
             k, v = args[1], args[2]
             heads_first = bool(kwargs.get("skip_reshape", False))
             n = k.shape[2] if heads_first else k.shape[1]
             n_img = info["n_img"]
             if n == n_txt + n_img + info["n_ref"]:  # the block's joint attention (not SD3.5's image-only attn2)
                 k_img, v_img = _img_part(k, n_txt, n_img, heads_first), _img_part(v, n_txt, n_img, heads_first)
-                k2, v2 = self.hooks.self_attention_kv(layer, k_img, v_img, info["grid"], to.get("cond_or_uncond"))
+                with self.hooks.using(**state):  # the hooks' state when the block ran (see _BlockHook)
+                    k2, v2 = self.hooks.self_attention_kv(layer, k_img, v_img, info["grid"],
+                                                          to.get("cond_or_uncond"))
                 if k2 is not k_img or v2 is not v_img:
                     args[1] = _rejoin(k, k2, n_txt, n_img, heads_first)
                     args[2] = _rejoin(v, v2, n_txt, n_img, heads_first)
@@ -320,9 +322,13 @@ class _BlockHook:
             return self.previous(args, extra) if self.previous is not None else original(args)
         hooks, layer = self.hooks, self.layer
 
+        # the K,V state of this block call travels with its options: MMDiT blocks under a replacement run under
+        # torch.utils.checkpoint and are recomputed during backward, when the engine's state may have moved on
+        state = {"step": hooks.step, "record": hooks.record, "inject": hooks.inject, "enabled": hooks.enabled}
+
         def inner(a):
             to = dict(a.get("transformer_options") or {})
-            to[BLOCK_KEY] = (layer, self._n_txt(a, info), info)
+            to[BLOCK_KEY] = (layer, self._n_txt(a, info), info, state)
             prev = to.get("optimized_attention_override")
             to["optimized_attention_override"] = _KVOverride(hooks, prev)
             a = dict(a)
