@@ -83,8 +83,11 @@ class DiffEditorInvert(io.ComfyNode):
                                           tooltip="Every latent of the inversion, its sigmas, the model identity "
                                                   "and the optional K,V bank."),
                 io.Latent.Output("inverted", display_name="inverted",
-                                 tooltip="The inverted noise latent z_T (raw latent space). Regenerate with a core "
-                                         "sampler using add_noise off and the same steps/scheduler."),
+                                 tooltip="The inverted noise latent z_T (raw latent space). SD UNets: regenerate "
+                                         "with a core sampler using add_noise off and the same steps/scheduler. "
+                                         "Flux/SD3: a core sampler starts a flow model from (1 - sigma) x the "
+                                         "latent, nothing at sigma 1; regenerate with DiffEditor Reconstruct or "
+                                         "the DiffEditor Sampler given the trajectory."),
                 io.Sigmas.Output("sigmas", display_name="sigmas",
                                  tooltip="The sampling sigmas the trajectory belongs to (descending, ending at 0); "
                                          "connect to SamplerCustomAdvanced."),
