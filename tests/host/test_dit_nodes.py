@@ -378,6 +378,10 @@ def test_guidance_distilled_flux_takes_cfg_1(dit, sources):
         invert(model, conds, latent, bank=False, cfg=2.0)
     with pytest.raises(ValueError, match=cfg_msg):
         run(DiffEditorReconstruct, model=model, positive=conds[0], negative=conds[1], trajectory=traj, cfg=3.0)
+    # the Edit Sampler inside SamplerCustomAdvanced: the guider's cfg is checked when it runs
+    (sampler,) = run(DiffEditorEditSampler, trajectory=traj, spec=spec, preset="DiffEditor+", **KNOBS)
+    with pytest.raises(ValueError, match=cfg_msg):
+        advanced(model, conds, sampler, sources["flux"][1], {"samples": torch.zeros(traj.shape)}, cfg=4.0)
     # Flux schnell (no guidance embedding) is guidance-distilled too
     schnell = tm.build_flux(guidance_embed=False)
     assert edit_cfg(schnell, -1.0, "appearance") == 1.0
