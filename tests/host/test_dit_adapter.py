@@ -495,3 +495,84 @@ def test_flux_kontext_reference_tokens(flux_model):
     assert res["kv"] == (1, 64, 32) and res["feats"] == {1: (1, 32, 8, 8), 3: (1, 32, 8, 8)}
     assert float((res["self"] - res["d"]).abs().max()) < 1e-5
     assert float((res["concat"] - res["d"]).abs().max()) > 1e-5
+
+
+def test_edit_sampler_in_sampler_custom_advanced(sd3_model):
+    """The Edit SAMPLER inside core SamplerCustomAdvanced with a core CFGGuider (cfg 2) on a DiT; a plain
+    SamplerCustomAdvanced run before and after it is the same bit for bit."""
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import Noise_EmptyNoise, Noise_RandomNoise, SamplerCustomAdvanced
+
+    conds = tm.dit_conditioning(40, "sd3"), tm.dit_conditioning(41, "sd3", scale=0.5)
+    lat = tm.dit_latent(42)
+    sig = sigmas_for(sd3_model, 6)
+
+    def advanced(sampler, noise, latent):
+        with torch.inference_mode():
+            guider = comfy.samplers.CFGGuider(sd3_model)
+            guider.set_conds(conds[0], conds[1])
+            guider.set_cfg(2.0)
+            return SamplerCustomAdvanced().sample(noise, guider, sampler, sig, latent)[0]["samples"]
+
+    euler = comfy.samplers.sampler_object("euler")
+    first = advanced(euler, Noise_RandomNoise(7), lat)
+    with torch.inference_mode():
+        traj, _ = jobs.invert_latent(sd3_model, conds[0], conds[1], lat["samples"], sig, cfg=2.0, exact_iters=5,
+                                     bank=KVBank())
+    m = mask_latent()
+    sched = replace(edit.preset_schedule("DiffEditor", "move"), kv_mode="concat")
+    out = advanced(jobs.edit_sampler(traj, ToyTask(m), sched, seed=3), Noise_EmptyNoise(),
+                   {"samples": torch.zeros(traj.shape)})
+    assert out.shape == lat["samples"].shape and torch.isfinite(out).all()
+    assert torch.equal(advanced(euler, Noise_RandomNoise(7), lat), first)
+
+
+def test_attention_mask_columns_follow_the_keys():
+    """An attention mask (regional prompts) keeps its text / reference key columns; new image keys are attended."""
+    n_txt, n_img, n_ref = 3, 4, 2
+    n = n_txt + n_img + n_ref
+    fm = torch.arange(n * n, dtype=torch.float32).reshape(1, 1, n, n)
+    out = cd._rejoin_mask(fm, n_txt, n_img, 6)
+    assert out.shape == (1, 1, n, n_txt + 6 + n_ref)
+    assert torch.equal(out[..., :n_txt], fm[..., :n_txt]) and torch.equal(out[..., -n_ref:], fm[..., -n_ref:])
+    assert torch.equal(out[..., n_txt:n_txt + 6], torch.zeros(1, 1, n, 6))
+    bm = torch.rand(2, n, n) > 0.5
+    out = cd._rejoin_mask(bm, n_txt, n_img, 8)
+    assert out.dtype == torch.bool and out[..., n_txt:n_txt + 8].all() and out.shape == (2, n, n_txt + 8 + n_ref)
+    assert cd._rejoin_mask(bm, n_txt, n_img, n_img) is bm  # same key count (replace): unchanged
+
+
+def test_flux_attention_mask_with_injected_keys(flux_model):
+    """Flux with an attention mask in the conditioning (as StyleModelApply's attn_bias makes): concat injection
+    gives the mask columns for the extra keys; the masked text keys stay masked."""
+    n = tm.TOKENS + 64
+    pos = tm.dit_conditioning(40, "flux")
+    with torch.inference_mode():
+        mask = torch.zeros(1, n, n)
+        mask[:, :, :2] = -1e4  # nobody attends to the first two text tokens
+    pos[0][1].update(attention_mask=mask, attention_mask_img_shape=(8, 8))
+    conds = pos, tm.dit_conditioning(41, "flux")
+    res = {}
+
+    def engine(model_k, x, sigmas, extra_args=None, callback=None, disable=None, hooks=None, host=None):
+        s = sigmas[1]
+        bank = KVBank(dtype=torch.float32)
+        with hooks.using(step=0, record=bank):
+            res["d"] = host.denoise_cond(x, s)
+        for mode in ("replace", "concat"):
+            with hooks.using(step=0, inject=KVInjection(mode, bank)):
+                res[mode] = host.denoise_cond(x, s)
+        return x
+
+    widths = set()
+
+    def spy(func, *args, **kwargs):
+        widths.add((args[1].shape[2], None if kwargs.get("mask") is None else kwargs["mask"].shape[-1]))
+        return func(*args, **kwargs)
+
+    spied = flux_model.clone()
+    spied.model_options["transformer_options"]["optimized_attention_override"] = spy
+    run_engine(spied, conds, engine, tm.dit_latent(42))
+    assert widths == {(n, n), (n + 64, n + 64)}  # keys and mask columns agree, with and without concat
+    assert float((res["replace"] - res["d"]).abs().max()) < 1e-5
+    assert torch.isfinite(res["concat"]).all() and float((res["concat"] - res["d"]).abs().max()) > 1e-5
