@@ -109,8 +109,11 @@ class DiffEditorDragSpec(io.ComfyNode):
                                         "per line or separated by ';'; JSON [[[x1,y1],[x2,y2]], ...] also works). "
                                         "Points must lie inside the image."),
                 io.Mask.Input("mask", optional=True,
-                              tooltip="Optional editable region (1 = may change); outside it the content is kept. "
-                                      "Without a mask the whole image may change."),
+                              tooltip="Optional region (1 = in). The published presets (DiffEditor, "
+                                      "DragonDiffusion) edit only inside it and keep the content outside; "
+                                      "DiffEditor+ warps this region with the points, so it is what moves and "
+                                      "may land outside it (without a mask: a disc around each handle). Without "
+                                      "a mask the published presets may change the whole image."),
             ],
             outputs=[_SPEC_OUT])
 

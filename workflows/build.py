@@ -184,7 +184,8 @@ NOTES = {
     "resize": "## Resize an object\n\n" + _CANVAS + " Paint or box the object, then use the wheel or the corner "
               "handle in Move: it scales about the object's centre.\n\n" + _IMAGES,
     "drag": "## Drag points\n\n" + _CANVAS + " Click a handle, then its target (numbered arrows); drag a point to "
-            "adjust it, right-click to delete it. A region box limits what may change. The Edit Options node "
+            "adjust it, right-click to delete it. A region box marks what moves with the points (DiffEditor+; "
+            "the published presets: what may change). The Edit Options node "
             "shows every mechanism at its official value.\n\n" + _IMAGES,
     "appearance_replace": "## Replace appearance\n\n" + _EDIT + " The reference image is inverted the same way; "
                           "the masked object takes the appearance of the reference object.\n\n" + _IMAGES,
@@ -225,7 +226,7 @@ NOTES = {
     "flux_move": "## Flux: move an object\n\n" + _CANVAS_DIT + " Paint or box the object (Brush / Box), then drag "
                  "it with Move.\n\n" + _FLUX + _DIT_IMAGES,
     "flux_drag": "## Flux: drag points\n\n" + _CANVAS_DIT + " Click a handle, then its target (numbered arrows); a "
-                 "region box limits what may change.\n\n" + _FLUX + _DIT_IMAGES,
+                 "region box marks what moves with the points.\n\n" + _FLUX + _DIT_IMAGES,
     "sd3_move": "## SD3: move an object\n\n" + _CANVAS_DIT + " Paint or box the object (Brush / Box), then drag it "
                 "with Move.\n\n" + _SD3 + _DIT_IMAGES,
 }
