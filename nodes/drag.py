@@ -26,9 +26,9 @@ class DiffEditorDragOptimize(io.ComfyNode):
             node_id="DiffEditorDragOptimize", display_name="DiffEditor Drag Optimize", category=f"{CATEGORY}/drag",
             description="DragDiffusion's motion supervision and point tracking: optimises the inverted latent at "
                         "one step so each handle's content moves to its target. Sample on from the returned "
-                        "LATENT with the returned SIGMAS (SamplerCustomAdvanced, add_noise off, cfg 1; on Flux a BasicGuider "
-                        "with FluxGuidance on the positive). Works with "
-                        "LoRA-tuned MODELs from the usual loaders; no LoRA training is needed.",
+                        "LATENT with the returned SIGMAS (SamplerCustomAdvanced, add_noise off, cfg 1; on Flux a "
+                        "BasicGuider with FluxGuidance on the positive). Works with LoRA-tuned MODELs from the "
+                        "usual loaders; no LoRA training is needed.",
             inputs=[
                 io.Model.Input("model", tooltip=f"The MODEL the trajectory was inverted with ({MODEL_FAMILIES}; on "
                                                 "a DiT the motion supervision uses the DiT's block features)."),

@@ -256,7 +256,8 @@ def test_invert_reconstruct_sampler_and_masked_blend(dit, sources, family):
     # DiffEditor Sampler from the trajectory's z_T is the same deterministic sampling
     (sampler,) = run(DiffEditorSampler, eta=0.0, eta_outside=0.0, eta_start=0.0, eta_end=1.0, trajectory=traj)
     out = advanced(model, conds, sampler, sigmas, {"samples": torch.zeros_like(src)})
-    assert torch.allclose(out["samples"], rec["samples"], atol=1e-4), float((out["samples"] - rec["samples"]).abs().max())
+    gap = float((out["samples"] - rec["samples"]).abs().max())
+    assert gap < 1e-4, gap
     assert err < 3.0
     # regional eta: reproducible with a seed, and it changes the result
     (sde,) = run(DiffEditorSampler, eta=1.0, eta_outside=0.0, eta_start=0.0, eta_end=0.5, trajectory=traj,
@@ -505,4 +506,5 @@ def test_drag_optimize_latent_is_what_a_core_sampler_starts_from(dit, sources, f
 
     advanced(model, conds, comfy.samplers.KSAMPLER(first_input), sigmas, dragged)
     k = traj.steps - (len(sigmas) - 1)
-    assert torch.allclose(seen[0], traj.at(k, like=seen[0]), atol=1e-3), float((seen[0] - traj.at(k, like=seen[0])).abs().max())
+    gap = float((seen[0] - traj.at(k, like=seen[0])).abs().max())
+    assert gap < 1e-3, gap
