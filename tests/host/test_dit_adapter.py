@@ -5,7 +5,6 @@ under ``torch.inference_mode`` like loaded checkpoints: exact inversion and reco
 anchor, energy guidance, K,V injection (replace / concat / composite), hooks of other packs still called, call
 accounting, truncated feature passes, the user's MODEL untouched, and the refusals.
 """
-import math
 from dataclasses import replace
 
 import pytest
@@ -424,7 +423,8 @@ def test_bad_levels_and_foreign_trajectory(dit, sd15_model, conds, latent):
         host.features(x, sigmas[1], (lay.num_levels,))
         return x
 
-    with pytest.raises(ValueError, match=rf"feature levels \[{lay.num_levels}\] do not exist.*0\.\.{lay.num_levels - 1}"):
+    want = rf"feature levels \[{lay.num_levels}\] do not exist.*0\.\.{lay.num_levels - 1}"
+    with pytest.raises(ValueError, match=want):
         run_engine(model, dconds, engine, dlatent)
     sd_sig = sigmas_for(sd15_model, 4)
     with torch.inference_mode():
@@ -576,3 +576,19 @@ def test_flux_attention_mask_with_injected_keys(flux_model):
     assert widths == {(n, n), (n + 64, n + 64)}  # keys and mask columns agree, with and without concat
     assert float((res["replace"] - res["d"]).abs().max()) < 1e-5
     assert torch.isfinite(res["concat"]).all() and float((res["concat"] - res["d"]).abs().max()) > 1e-5
+
+
+@pytest.mark.parametrize("module, cls, why", [
+    ("comfy.ldm.hidream.model", "HiDreamImageTransformer2DModel", r"HiDream has no 'dit' block hook"),
+    ("comfy.ldm.wan.model", "WanModel", r"WanModel is a video model"),
+    ("comfy.ldm.chroma.model", "Chroma", r"Chroma is not supported yet"),
+])
+def test_other_dits_refused_with_their_reason(module, cls, why):
+    """Backbones with no (validated) hook path are refused by name, the message listing what is supported."""
+    import importlib
+    from types import SimpleNamespace
+
+    dm = object.__new__(getattr(importlib.import_module(module), cls))  # the class is all the check looks at
+    fake = SimpleNamespace(diffusion_model=dm, model_sampling=None)
+    with pytest.raises(ValueError, match=rf"^model: .*{why}.*supported are SD1\.x, SD2\.x and SDXL.*Flux\.1.*SD3"):
+        ca.check_supported(fake, "model")
