@@ -592,3 +592,32 @@ def test_other_dits_refused_with_their_reason(module, cls, why):
     fake = SimpleNamespace(diffusion_model=dm, model_sampling=None)
     with pytest.raises(ValueError, match=rf"^model: .*{why}.*supported are SD1\.x, SD2\.x and SDXL.*Flux\.1.*SD3"):
         ca.check_supported(fake, "model")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_model_hooks_and_gradients(family):
+    """bf16 weights (as real Flux / SD3.5 checkpoints run): K,V recorded in bf16, concat injection, finite
+    feature gradients."""
+    model = (tm.build_flux if family == "flux" else tm.build_sd3)(seed=34, dtype=torch.bfloat16)
+    assert next(model.model.diffusion_model.parameters()).dtype == torch.bfloat16
+    conds = tm.dit_conditioning(40, family), tm.dit_conditioning(41, family, scale=0.5)
+    res = {}
+
+    def engine(model_k, x, sigmas, extra_args=None, callback=None, disable=None, hooks=None, host=None):
+        s = sigmas[1]
+        bank = KVBank()
+        with hooks.using(step=0, record=bank):
+            res["d"] = host.denoise_cond(x, s)
+        with hooks.using(step=0, inject=KVInjection("concat", bank)):
+            res["c"] = host.denoise_cond(x, s)
+        with host.grad_context():
+            xg = x.detach().clone().requires_grad_(True)
+            f = host.features(xg, s, host.default_levels())
+            (res["g"],) = torch.autograd.grad(sum(v.float().square().mean() for v in f.values()), xg)
+        res["dtype"] = bank.get(bank.recorded_layers()[0], 0)[0].dtype
+        return x
+
+    run_engine(model, conds, engine, tm.dit_latent(42))
+    assert res["dtype"] == torch.bfloat16
+    assert float((res["c"] - res["d"]).abs().max()) > 1e-3
+    assert torch.isfinite(res["g"]).all() and float(res["g"].abs().max()) > 0
