@@ -66,8 +66,9 @@ SUPPORTED_DIT = "the Flux.1 (dev, schnell, Kontext) and SD3 / SD3.5 flow transfo
 
 # Recognised but refused, with the reason (diffusion-model class name -> why)
 _REFUSED = {
-    "QwenImageTransformer2DModel": "Qwen-Image is not supported yet (its image latent and text-token layout differ "
-                                   "from Flux's; the adapter has not been validated on it)",
+    "QwenImageTransformer2DModel": "Qwen-Image is not supported yet (its latents are 5-D video-format latents "
+                                   "[B, C, 1, H, W], which the editing engine does not take; its 'dit' block hook "
+                                   "and attention would allow the same hooks as Flux)",
     "HiDreamImageTransformer2DModel": "HiDream has no 'dit' block hook in this ComfyUI version",
     "Chroma": "Chroma is not supported yet (its modulation differs from Flux's; not validated)",
     "ChromaRadiance": "Chroma Radiance is not supported (a pixel-space model)",
