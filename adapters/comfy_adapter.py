@@ -19,6 +19,11 @@ Block layout (which output block belongs to which diffusers up block, which carr
 is derived from the model's ``unet_config`` (``num_res_blocks``, ``channel_mult``,
 ``transformer_depth_output``), so SD1.x, SD2.x, SDXL and smaller test UNets share one code path.
 
+Flow transformers (Flux.1, SD3 / SD3.5) are handled by ``comfy_dit.py``: :func:`check_supported` accepts them
+(rectified-flow sampling), :func:`make_sampler` builds a ``comfy_dit.ComfyDiTHost`` for them (``host_class``),
+:func:`decoder_attention_shapes` gives their block attentions for the bank estimate; the UNet code below is
+unchanged for UNets.
+
 Gradients (``ComfyHost.grad_context``) follow the verified recipe: ``inference_mode(False)`` +
 ``enable_grad``, with the gradient passes run on :func:`autograd_copy` of the model: a structural copy of the
 diffusion model whose inference-tensor parameters/buffers (the executor builds weights under

@@ -17,13 +17,23 @@ always installed into a *copy* of ``model_options`` (the user's MODEL is never p
   forwards ``transformer_options``): Flux's ``math.attention`` applies RoPE and passes q, k, v as
   ``[B, H, N, D]`` (``skip_reshape``); SD3's ``_block_mixing`` passes the joint q, k as ``[B, N, H*D]`` after
   the q/k norms and v as ``[B, N, H, D]`` (v0.3.64 forwards ``transformer_options`` there). The override cuts
-  the image tokens' K, V out of the joint sequence (Flux and SD3: text first, then image, then Kontext reference tokens), sends them through
-  ``hooks.self_attention_kv(layer, k, v, token_hw, cond_or_uncond)`` heads merged (``[B, N_img, H*D]``) and
-  re-joins the result in the model's order before calling the attention core (or the override that was there
-  before, which is still called). Queries are untouched. Only the call whose token count is the block's joint
+  the image tokens' K, V out of the joint sequence (Flux and SD3: text first, then image, then Kontext
+  reference tokens), sends them through ``hooks.self_attention_kv(layer, k, v, token_hw, cond_or_uncond)``
+  heads merged (``[B, N_img, H*D]``) and re-joins the result in the model's order before calling the attention
+  core (or the override that was there before, which is still called); an attention mask gets neutral columns
+  for a changed key count. Queries are untouched. Only the call whose token count is the block's joint
   sequence is hooked (SD3.5's extra image-only ``attn2`` passes through). The override is stateless: the layer
-  comes with the ``transformer_options`` copy the block received, so ``torch.utils.checkpoint`` recomputation
-  (MMDiT blocks under a replacement run checkpointed) sees the same layer.
+  and the hooks' step / record / inject state at the time the block ran come with the ``transformer_options``
+  copy the block received, so ``torch.utils.checkpoint`` recomputation during backward (MMDiT blocks under a
+  replacement run checkpointed) sees what the forward pass saw;
+* **gradients**: the energy-guidance passes run on ``comfy_adapter.autograd_copy`` as for UNets. ComfyUI's Flux
+  blocks add into their inputs in place after a LayerNorm saved them, which autograd refuses; inside Flux
+  blocks, while gradients are recorded, ``torch.autograd.graph.saved_tensors_hooks`` saves copies of the
+  activations (weights are saved as they are). Checked against a finite difference in the host tests.
+
+Why not the alternatives: ``patches_replace["dit"]`` alone gives a block's inputs and outputs but not its K,V,
+and computing attention ourselves from the block's modules would duplicate ComfyUI's block code; the override
+reaches the post-norm (post-RoPE for Flux) K,V of both families in ComfyUI 0.3.64 without copying any of it.
 
 No class is swapped and no module is monkeypatched: the hooks live only in the options of the engine's calls.
 """
@@ -56,8 +66,9 @@ SUPPORTED_DIT = "the Flux.1 (dev, schnell, Kontext) and SD3 / SD3.5 flow transfo
 
 # Recognised but refused, with the reason (diffusion-model class name -> why)
 _REFUSED = {
-    "QwenImageTransformer2DModel": "Qwen-Image is not supported yet (its image latent and text-token layout differ "
-                                   "from Flux's; the adapter has not been validated on it)",
+    "QwenImageTransformer2DModel": "Qwen-Image is not supported yet (its latents are 5-D video-format latents "
+                                   "[B, C, 1, H, W], which the editing engine does not take; its 'dit' block hook "
+                                   "and attention would allow the same hooks as Flux)",
     "HiDreamImageTransformer2DModel": "HiDream has no 'dit' block hook in this ComfyUI version",
     "Chroma": "Chroma is not supported yet (its modulation differs from Flux's; not validated)",
     "ChromaRadiance": "Chroma Radiance is not supported (a pixel-space model)",

@@ -132,25 +132,25 @@ def init_dit_weights_(module: torch.nn.Module, seed: int, out_scale: float = 0.5
     module.final_layer.linear.weight.mul_(out_scale)
 
 
-def build_flux(seed: int = 30, guidance_embed: bool = True):
+def build_flux(seed: int = 30, guidance_embed: bool = True, dtype=torch.float32):
     """A tiny Flux.1 dev (``guidance_embed``) or schnell (``guidance_embed=False``, FLOW sampling) MODEL."""
     import comfy.supported_models
 
     with torch.inference_mode():
         cls = comfy.supported_models.Flux if guidance_embed else comfy.supported_models.FluxSchnell
         cfg = cls(dict(TINY_FLUX, guidance_embed=guidance_embed))
-        cfg.set_inference_dtype(torch.float32, None)
+        cfg.set_inference_dtype(dtype, None)
         base = cfg.get_model({})
         init_dit_weights_(base.diffusion_model, seed)
         return _patcher(base)
 
 
-def build_sd3(seed: int = 31):
+def build_sd3(seed: int = 31, dtype=torch.float32):
     import comfy.supported_models
 
     with torch.inference_mode():
         cfg = comfy.supported_models.SD3(dict(TINY_SD3))
-        cfg.set_inference_dtype(torch.float32, None)
+        cfg.set_inference_dtype(dtype, None)
         base = cfg.get_model({})
         init_dit_weights_(base.diffusion_model, seed)
         return _patcher(base)

@@ -5,7 +5,6 @@ under ``torch.inference_mode`` like loaded checkpoints: exact inversion and reco
 anchor, energy guidance, K,V injection (replace / concat / composite), hooks of other packs still called, call
 accounting, truncated feature passes, the user's MODEL untouched, and the refusals.
 """
-import math
 from dataclasses import replace
 
 import pytest
@@ -424,7 +423,8 @@ def test_bad_levels_and_foreign_trajectory(dit, sd15_model, conds, latent):
         host.features(x, sigmas[1], (lay.num_levels,))
         return x
 
-    with pytest.raises(ValueError, match=rf"feature levels \[{lay.num_levels}\] do not exist.*0\.\.{lay.num_levels - 1}"):
+    want = rf"feature levels \[{lay.num_levels}\] do not exist.*0\.\.{lay.num_levels - 1}"
+    with pytest.raises(ValueError, match=want):
         run_engine(model, dconds, engine, dlatent)
     sd_sig = sigmas_for(sd15_model, 4)
     with torch.inference_mode():
@@ -576,3 +576,48 @@ def test_flux_attention_mask_with_injected_keys(flux_model):
     assert widths == {(n, n), (n + 64, n + 64)}  # keys and mask columns agree, with and without concat
     assert float((res["replace"] - res["d"]).abs().max()) < 1e-5
     assert torch.isfinite(res["concat"]).all() and float((res["concat"] - res["d"]).abs().max()) > 1e-5
+
+
+@pytest.mark.parametrize("module, cls, why", [
+    ("comfy.ldm.hidream.model", "HiDreamImageTransformer2DModel", r"HiDream has no 'dit' block hook"),
+    ("comfy.ldm.wan.model", "WanModel", r"WanModel is a video model"),
+    ("comfy.ldm.chroma.model", "Chroma", r"Chroma is not supported yet"),
+])
+def test_other_dits_refused_with_their_reason(module, cls, why):
+    """Backbones with no (validated) hook path are refused by name, the message listing what is supported."""
+    import importlib
+    from types import SimpleNamespace
+
+    dm = object.__new__(getattr(importlib.import_module(module), cls))  # the class is all the check looks at
+    fake = SimpleNamespace(diffusion_model=dm, model_sampling=None)
+    with pytest.raises(ValueError, match=rf"^model: .*{why}.*supported are SD1\.x, SD2\.x and SDXL.*Flux\.1.*SD3"):
+        ca.check_supported(fake, "model")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_model_hooks_and_gradients(family):
+    """bf16 weights (as real Flux / SD3.5 checkpoints run): K,V recorded in bf16, concat injection, finite
+    feature gradients."""
+    model = (tm.build_flux if family == "flux" else tm.build_sd3)(seed=34, dtype=torch.bfloat16)
+    assert next(model.model.diffusion_model.parameters()).dtype == torch.bfloat16
+    conds = tm.dit_conditioning(40, family), tm.dit_conditioning(41, family, scale=0.5)
+    res = {}
+
+    def engine(model_k, x, sigmas, extra_args=None, callback=None, disable=None, hooks=None, host=None):
+        s = sigmas[1]
+        bank = KVBank()
+        with hooks.using(step=0, record=bank):
+            res["d"] = host.denoise_cond(x, s)
+        with hooks.using(step=0, inject=KVInjection("concat", bank)):
+            res["c"] = host.denoise_cond(x, s)
+        with host.grad_context():
+            xg = x.detach().clone().requires_grad_(True)
+            f = host.features(xg, s, host.default_levels())
+            (res["g"],) = torch.autograd.grad(sum(v.float().square().mean() for v in f.values()), xg)
+        res["dtype"] = bank.get(bank.recorded_layers()[0], 0)[0].dtype
+        return x
+
+    run_engine(model, conds, engine, tm.dit_latent(42))
+    assert res["dtype"] == torch.bfloat16
+    assert float((res["c"] - res["d"]).abs().max()) > 1e-3
+    assert torch.isfinite(res["g"]).all() and float(res["g"].abs().max()) > 0
