@@ -19,6 +19,11 @@ Block layout (which output block belongs to which diffusers up block, which carr
 is derived from the model's ``unet_config`` (``num_res_blocks``, ``channel_mult``,
 ``transformer_depth_output``), so SD1.x, SD2.x, SDXL and smaller test UNets share one code path.
 
+Flow transformers (Flux.1, SD3 / SD3.5) are handled by ``comfy_dit.py``: :func:`check_supported` accepts them
+(rectified-flow sampling), :func:`make_sampler` builds a ``comfy_dit.ComfyDiTHost`` for them (``host_class``),
+:func:`decoder_attention_shapes` gives their block attentions for the bank estimate; the UNet code below is
+unchanged for UNets.
+
 Gradients (``ComfyHost.grad_context``) follow the verified recipe: ``inference_mode(False)`` +
 ``enable_grad``, with the gradient passes run on :func:`autograd_copy` of the model: a structural copy of the
 diffusion model whose inference-tensor parameters/buffers (the executor builds weights under
@@ -46,7 +51,9 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ..samplers.hooks import COND, EditHooks, EditHost, StopForward, layer_name
 from ..samplers.trajectory import tensor_fingerprint
 
-SUPPORTED = "only SD1.x, SD2.x and SDXL eps-prediction UNet models are supported yet"
+UNET_SUPPORTED = "only SD1.x, SD2.x and SDXL eps-prediction UNet models are supported"
+SUPPORTED = ("supported are SD1.x, SD2.x and SDXL eps-prediction UNets and the Flux.1 (dev, schnell, Kontext) and "
+             "SD3 / SD3.5 flow transformers")
 
 
 # --------------------------------------------------------------------------------------------- layout
@@ -82,7 +89,7 @@ def decoder_layout(unet_config: dict, diffusion_model: torch.nn.Module | None = 
     config lacks it, the depths are read from ``diffusion_model``'s output blocks.
     """
     if "channel_mult" not in unet_config or "num_res_blocks" not in unet_config:
-        raise ValueError("the MODEL's unet_config has no channel_mult/num_res_blocks; " + SUPPORTED)
+        raise ValueError("the MODEL's unet_config has no channel_mult/num_res_blocks; " + UNET_SUPPORTED)
     mult = list(unet_config["channel_mult"])
     nrb = unet_config["num_res_blocks"]
     nrb = [int(nrb)] * len(mult) if isinstance(nrb, int) else [int(r) for r in nrb]
@@ -129,16 +136,29 @@ def _base_model(model):
     return getattr(model, "model", model) if not hasattr(model, "diffusion_model") else model
 
 
-def check_supported(model, input_name: str = "model") -> None:
-    """Raise a ValueError naming ``input_name`` unless ``model`` is an eps-prediction discrete-schedule UNet."""
+def check_supported(model, input_name: str = "model", dit: bool = True) -> None:
+    """Raise a ValueError naming ``input_name`` unless ``model`` is an eps-prediction discrete-schedule UNet or
+    (with ``dit``, for the editing engine's nodes) a supported flow transformer (``comfy_dit``: Flux.1, SD3)."""
+    from . import comfy_dit
+
     base = _base_model(model)
     dm = getattr(base, "diffusion_model", None)
     ms = model.get_model_object("model_sampling") if hasattr(model, "get_model_object") else \
         getattr(base, "model_sampling", None)
     kind = type(base).__name__
+    family = comfy_dit.dit_family(base)
+    if family is not None:
+        if not dit:
+            raise ValueError(f"{input_name}: the MODEL is a {comfy_dit.FAMILY_LABELS[family]} transformer; this node "
+                             f"works on UNets only ({UNET_SUPPORTED})")
+        comfy_dit.check_dit_sampling(model, input_name)
+        return
+    supported = SUPPORTED if dit else UNET_SUPPORTED
     if not isinstance(dm, UNetModel):
-        raise ValueError(f"{input_name}: the MODEL is a {kind} with a {type(dm).__name__} backbone; {SUPPORTED} "
-                         "(flow-matching and DiT models such as SD3, Flux or video models are not)")
+        why = comfy_dit.refusal_reason(base)
+        raise ValueError(f"{input_name}: the MODEL is a {kind} with a {type(dm).__name__} backbone"
+                         f"{'; ' + why if why else ''}; {supported} (other DiTs such as Qwen-Image, HiDream, "
+                         "Chroma, AuraFlow and video models are not)")
     eps = isinstance(ms, comfy.model_sampling.EPS) and not isinstance(
         ms, (comfy.model_sampling.V_PREDICTION, comfy.model_sampling.X0))
     discrete = isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete) and not isinstance(
@@ -147,9 +167,9 @@ def check_supported(model, input_name: str = "model") -> None:
         kinds = "/".join(c.__name__ for c in type(ms).__mro__[1:]
                          if c.__module__ == comfy.model_sampling.__name__) or type(ms).__name__
         raise ValueError(f"{input_name}: the MODEL's sampling is {kinds}, not eps prediction on a discrete "
-                         f"schedule; {SUPPORTED} (flow-matching, v-prediction and EDM models are not)")
+                         f"schedule; {supported} (flow-matching UNets, v-prediction and EDM models are not)")
     if getattr(dm, "num_classes", None) not in (None, "sequential"):
-        raise ValueError(f"{input_name}: class-conditional UNets are not supported; {SUPPORTED}")
+        raise ValueError(f"{input_name}: class-conditional UNets are not supported; {supported}")
 
 
 def layout_of(model) -> DecoderLayout:
@@ -161,7 +181,11 @@ def decoder_attention_shapes(model, latent_hw: Sequence[int]) -> list[tuple[str,
     """``(layer, tokens, width)`` of every decoder self-attention (the layers a K,V bank records) for a latent
     of ``latent_hw``: up block ``i`` runs at the resolution of ``L - 1 - i`` stride-2 downsamplings (each
     rounding up, as ComfyUI's padded convolutions do); the width is that layer's ``attn1`` K projection."""
+    from . import comfy_dit
+
     base = _base_model(model)
+    if comfy_dit.dit_family(base) is not None:  # the image tokens of every block attention
+        return comfy_dit.dit_attention_shapes(base, latent_hw)
     layout = layout_of(base)
     sizes = [tuple(int(s) for s in latent_hw)]
     for _ in range(1, layout.num_up_blocks):
@@ -414,13 +438,17 @@ class ComfyHost(EditHost):
         patcher = getattr(self.guider, "model_patcher", None)
         check_supported(patcher if patcher is not None else self.base, input_name)
         self.patcher = patcher
-        self.layout = layout_of(self.base)
         self.hooks = hooks if hooks is not None else EditHooks()
-        self.num_up_blocks = self.layout.num_up_blocks
         extra_args = {} if extra_args is None else extra_args
-        self.model_options = install_hooks(extra_args.get("model_options", {}), self.hooks, self.layout)
+        self._install(extra_args.get("model_options", {}))
         self._active = self.base  # the model the engine's own passes run on (a copy inside grad_context)
         self._model_id = None
+
+    def _install(self, model_options: dict) -> None:
+        """The layout and the hooked copy of ``model_options`` (the DiT host overrides this)."""
+        self.layout = layout_of(self.base)
+        self.num_up_blocks = self.layout.num_up_blocks
+        self.model_options = install_hooks(model_options, self.hooks, self.layout)
 
     # -- identity --------------------------------------------------------------------------------------
     @property
@@ -484,6 +512,16 @@ class ComfyHost(EditHost):
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
+def host_class(model) -> type:
+    """:class:`ComfyHost` for a UNet, ``comfy_dit.ComfyDiTHost`` for a supported DiT (``model``: the
+    k-diffusion denoiser a sampler function receives, or a ModelPatcher / BaseModel)."""
+    from . import comfy_dit
+
+    g = getattr(model, "inner_model", None)
+    base = g.inner_model if g is not None and hasattr(g, "inner_model") else _base_model(model)
+    return comfy_dit.ComfyDiTHost if comfy_dit.dit_family(base) is not None else ComfyHost
+
+
 class _Interruptible:
     """The k-diffusion denoiser the engine calls, checking for a user interrupt before every model call (the
     engine's own loops check once per step; exact inversion, guidance and time travel make several calls)."""
@@ -518,7 +556,7 @@ def make_sampler(engine_fn: Callable, *, hooks: EditHooks | None = None, with_mo
             x, sigmas = _plain(x), _plain(sigmas)
             if args.get("denoise_mask") is not None:
                 args["denoise_mask"] = _plain(args["denoise_mask"])
-            host = ComfyHost(model, args, h, input_name=input_name)
+            host = host_class(model)(model, args, h, input_name=input_name)
             args["model_options"] = host.model_options
             opts = dict(options)
             opts.update(kw)

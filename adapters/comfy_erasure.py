@@ -126,7 +126,7 @@ def current_kv_weights(model) -> dict[str, torch.Tensor]:
 def uce_patched_model(model, clip, erase: Sequence[str], guide: str, preserve: Sequence[str], lam: float,
                       erase_scale: float, preserve_scale: float, progress: Callable[[int, int], None] | None = None):
     """A clone of ``model`` with the UCE edit of every cross-attention K/V projection as ``diff`` patches."""
-    check_supported(model, "model")
+    check_supported(model, "model", dit=False)
     if not erase:
         raise ValueError("concepts: give at least one concept to erase")
     e = concept_embeddings(clip, erase, "concepts")
@@ -174,7 +174,7 @@ def sld_model(model, safety, config: SLDConfig):
     KSampler using the MODEL) starts fresh; it is also reset if the sigma goes up inside a run. The step index
     comes from ``transformer_options["sample_sigmas"]``.
     """
-    check_supported(model, "model")
+    check_supported(model, "model", dit=False)
     if config.guidance_scale == 0:
         # gamma = 0, so psi = momentum_scale * nu with nu = 0 forever: exactly plain guidance; skip the extra call
         return model.clone()

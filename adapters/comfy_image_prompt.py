@@ -171,7 +171,7 @@ def check_widths(model, adapter: ImagePromptAdapter, weights_name: str) -> None:
 def image_prompt_model(model, adapter: ImagePromptAdapter, cond_tokens, uncond_tokens, scale: float,
                        window: StepWindow, weights_name: str = "weights"):
     """A clone of ``model`` with the image prompt on every cross-attention (chaining any attn2 replace there)."""
-    check_supported(model, "model")
+    check_supported(model, "model", dit=False)
     try:
         check_widths(model, adapter, weights_name)
     except ValueError as e:

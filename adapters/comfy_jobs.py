@@ -28,6 +28,7 @@ from ..samplers.sampling import sample_diffeditor
 from ..samplers.schedule import check_latent
 from ..samplers.trajectory import EditTrajectory
 from .comfy_adapter import cond_fingerprint, make_sampler, model_id
+from .comfy_dit import check_distilled_cfg, is_guidance_distilled  # noqa: F401  (re-exported for the nodes)
 
 
 # ----------------------------------------------------------------------------------------- plumbing
@@ -50,7 +51,9 @@ def progress_callback(model, steps: int):
 def sample(model, sampler, sigmas: torch.Tensor, positive, negative, cfg: float, *, latent: torch.Tensor | None = None,
            shape=None, seed: int = 0, progress_steps: int | None = None) -> torch.Tensor:
     """The one ``sample_custom`` call of the pack: ``sampler`` (a KSAMPLER) from ``latent`` (or zeros of
-    ``shape``) with no added noise, on plain tensors; ``progress_steps`` shows the standard progress bar."""
+    ``shape``) with no added noise, on plain tensors; ``progress_steps`` shows the standard progress bar.
+    ``cfg`` above 1 on a guidance-distilled MODEL (Flux) is refused first (a ValueError naming ``cfg``)."""
+    check_distilled_cfg(model, cfg)
     with torch.inference_mode(False):
         x0 = latent.clone() if latent is not None else torch.zeros(tuple(shape), dtype=torch.float32)
         callback = None if progress_steps is None else progress_callback(model, progress_steps)
@@ -68,6 +71,10 @@ def invert_latent(model, positive, negative, samples: torch.Tensor, sigmas: torc
     holder = {}
 
     def engine(model_k, x, sig, extra_args=None, callback=None, disable=None, hooks=None, host=None):
+        if getattr(host, "param", "eps") == "flow":
+            # the sampler received noise_scaling(sigma_0, 0, latent) = (1 - sigma_0) * latent: nothing of the
+            # latent at a flow model's sigma_0 = 1; take it as the guider does (latent_format.process_in)
+            x = host.base.process_latent_in(samples.clone().to(x))
         traj = invert(model_k, x, sig, extra_args, model_id=mid, cond_fingerprint=cfp, cfg=cfg,
                       exact_iters=exact_iters, hooks=hooks, bank=bank, callback=callback, disable=disable,
                       interrupt=host.check_interrupt, param=getattr(host, "param", None))
@@ -84,6 +91,7 @@ def invert_latent(model, positive, negative, samples: torch.Tensor, sigmas: torc
 
 def reconstruct(model, positive, negative, trajectory: EditTrajectory, cfg: float) -> torch.Tensor:
     """Deterministic DDIM from the trajectory's z_T on its own sigmas."""
+    check_trajectory_family(trajectory, model)
     sampler = make_sampler(sample_diffeditor, trajectory=trajectory, with_model_id=True)
     return sample(model, sampler, trajectory.sigmas, positive, negative, cfg, shape=trajectory.shape,
                   progress_steps=trajectory.steps)
@@ -103,14 +111,26 @@ def _check_sampler_inputs(x, sigmas, trajectory: EditTrajectory) -> None:
                          "latent of the same size)")
 
 
+def check_trajectory_family(trajectory: EditTrajectory, param, name: str = "trajectory") -> None:
+    """A trajectory inverted on another model family (an SD1.5 trajectory on Flux, ...) is refused before its
+    sigmas or latent are compared, so the message names the real cause. ``param``: the MODEL's
+    parameterisation (a host's ``param``, a name, or a MODEL)."""
+    if hasattr(param, "get_model_object") or hasattr(param, "diffusion_model"):
+        from .comfy_dit import dit_family
+        param = "flow" if dit_family(param) is not None else "eps"
+    trajectory.check_compatible(param=getattr(param, "param", param), name=name)
+
+
 def _edit_checked(model, x, sigmas, extra_args=None, callback=None, disable=None, *, trajectory, **kw):
     """``sample_edit`` behind :func:`_check_sampler_inputs`."""
+    check_trajectory_family(trajectory, kw.get("host"))
     _check_sampler_inputs(x, sigmas, trajectory)
     return sample_edit(model, x, sigmas, extra_args, callback, disable, trajectory=trajectory, **kw)
 
 
 def _pack_checked(model, x, sigmas, extra_args=None, callback=None, disable=None, *, trajectory, **kw):
     """``sample_pack`` (the DiffEditor+ preset) behind :func:`_check_sampler_inputs`."""
+    check_trajectory_family(trajectory, kw.get("host"))
     _check_sampler_inputs(x, sigmas, trajectory)
     return sample_pack(model, x, sigmas, extra_args, callback, disable, trajectory=trajectory, **kw)
 
@@ -124,6 +144,7 @@ def edit_sampler(trajectory: EditTrajectory, task, schedule, seed: int, blend=No
 def edit(model, positive, negative, trajectory: EditTrajectory, task, schedule, *, cfg: float, seed: int,
          blend=None) -> torch.Tensor:
     """The edited latent (raw latent space) of one DiffEditor edit."""
+    check_trajectory_family(trajectory, model)
     sampler = make_sampler(sample_edit, trajectory=trajectory, task=task, schedule=schedule, seed=seed, blend=blend,
                            with_model_id=True)
     return sample(model, sampler, trajectory.sigmas, positive, negative, cfg, shape=trajectory.shape, seed=seed,
@@ -133,6 +154,7 @@ def edit(model, positive, negative, trajectory: EditTrajectory, task, schedule, 
 def warp_inpaint(model, positive, negative, trajectory: EditTrajectory, warp, reference, *, strength: float,
                  cfg: float, seed: int, grow: int) -> torch.Tensor:
     """DiffEditor Warp & Inpaint: the warped source with only the uncovered area painted (raw latent space)."""
+    check_trajectory_family(trajectory, model)
     sampler = make_sampler(sample_warp_inpaint, trajectory=trajectory, warp=warp, strength=strength,
                            reference=reference, seed=seed, grow=grow)
     return sample(model, sampler, trajectory.sigmas, positive, negative, cfg, shape=trajectory.shape, seed=seed,
@@ -148,6 +170,7 @@ def pack_sampler(trajectory: EditTrajectory, task, plan, warp, seed: int, schedu
 def edit_pack(model, positive, negative, trajectory: EditTrajectory, task, plan, warp, *, cfg: float, seed: int,
               schedule=None) -> torch.Tensor:
     """The edited latent (raw latent space) of one DiffEditor+ edit (``samplers/pack.py``)."""
+    check_trajectory_family(trajectory, model)
     sampler = make_sampler(sample_pack, trajectory=trajectory, task=task, plan=plan, warp=warp, seed=seed,
                            schedule=schedule, with_model_id=True)
     return sample(model, sampler, trajectory.sigmas, positive, negative, cfg, shape=trajectory.shape, seed=seed,

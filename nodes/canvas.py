@@ -94,8 +94,9 @@ class DiffEditorCanvas(io.ComfyNode):
                                         "also works."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional starting mask (e.g. painted in ComfyUI's mask editor): the "
-                                      "object (move; paste: on the reference image) or the editable region "
-                                      "(drag). The canvas' boxes and strokes apply on top of it."),
+                                      "object (move; paste: on the reference image) or the drag region (what "
+                                      "DiffEditor+ moves with the points; the published presets' editable "
+                                      "region). The canvas' boxes and strokes apply on top of it."),
                 io.Image.Input("reference_image", optional=True,
                                tooltip="paste: the reference image the object is cut from (same size as the "
                                        "image)."),

@@ -10,6 +10,9 @@ from ..samplers.trajectory import EditTrajectory
 
 CATEGORY = "DiffEditor"
 
+#: what the MODEL inputs of the editing nodes accept (tooltips and messages)
+MODEL_FAMILIES = "SD1.x/SD2.x/SDXL UNets and Flux.1/SD3.x DiTs"
+
 #: An inverted trajectory (every latent of a DDIM inversion, its sigmas, model identity, optional K,V bank).
 EditTrajectoryType = io.Custom("DIFFEDITOR_TRAJECTORY")
 EDIT_TRAJECTORY = EditTrajectoryType
@@ -76,3 +79,54 @@ def check_window(start: float, end: float, start_name: str, end_name: str) -> No
     if start >= end:
         raise ValueError(f"{start_name} ({start}) must be smaller than {end_name} ({end})")
 
+
+
+# ------------------------------------------------------------------------------------------ model families
+# The families are the adapter's (adapters/comfy_dit.py); these helpers only phrase the nodes' checks.
+def dit_family(model) -> str | None:
+    """``"flux"`` or ``"sd3"`` when ``model`` (a MODEL or its BaseModel) is a supported Flux.1 / SD3.x DiT."""
+    from ..adapters.comfy_dit import dit_family as family
+
+    return family(model)
+
+
+def model_param(model) -> str:
+    """The parameterisation name (``samplers/param.py``) the engine runs this MODEL with: "flow" on a Flux/SD3
+    DiT, "eps" on an SD UNet (the host the sampler picks); a trajectory records the one it was inverted with."""
+    return "flow" if dit_family(model) is not None else "eps"
+
+
+def check_trajectory_model(trajectory: EditTrajectory, model, mid: str, name: str = "trajectory") -> None:
+    """The trajectory was inverted with this MODEL: its family first (an SD1.5 trajectory into a Flux edit says
+    so), then the model identity."""
+    trajectory.check_compatible(param=model_param(model), name=name)
+    trajectory.check_compatible(model_id=mid, name=name)
+
+
+def refuse_dit(model, input_name: str, why: str) -> None:
+    """Raise a ValueError naming ``input_name`` when ``model`` is a Flux/SD3 DiT (``why``: what the node needs
+    that a DiT has not), for the nodes that only work on SD UNets."""
+    from ..adapters.comfy_dit import FAMILY_LABELS
+
+    family = dit_family(model)
+    if family is not None:
+        raise ValueError(f"{input_name}: the MODEL is a {FAMILY_LABELS[family]} DiT; this node works on "
+                         f"SD1.x/SD2.x/SDXL UNets only: {why}")
+
+
+def guidance_distilled(model) -> bool:
+    """Whether ``model`` is guidance-distilled (Flux.1 dev/schnell: it samples with cfg 1 and takes its
+    guidance from the conditioning, FluxGuidance)."""
+    from ..adapters.comfy_dit import is_guidance_distilled
+
+    return bool(is_guidance_distilled(model))
+
+
+def check_model_cfg(model, cfg: float, name: str = "cfg") -> float:
+    """A resolved cfg (a number, -1 already resolved) checked against the MODEL before any model call: above 1
+    on a guidance-distilled model is refused (the adapter's rule and message, naming ``name``)."""
+    from ..adapters.comfy_dit import check_distilled_cfg
+
+    c = float(cfg)
+    check_distilled_cfg(model, c, name)
+    return c

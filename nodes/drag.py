@@ -11,7 +11,8 @@ from ..adapters.comfy_adapter import check_supported, model_id
 from ..guidance.grids import check_mask_size
 from ..guidance.specs import parse_points
 from ..samplers.drag import ALDD_DEFAULTS, strength_step
-from .common import CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_mask, check_trajectory
+from .common import (CATEGORY, MODEL_FAMILIES, EditTrajectoryType, check_conditioning, check_finite, check_mask,
+                     check_trajectory, check_trajectory_model)
 
 
 #: Drag Optimize's methods
@@ -25,10 +26,12 @@ class DiffEditorDragOptimize(io.ComfyNode):
             node_id="DiffEditorDragOptimize", display_name="DiffEditor Drag Optimize", category=f"{CATEGORY}/drag",
             description="DragDiffusion's motion supervision and point tracking: optimises the inverted latent at "
                         "one step so each handle's content moves to its target. Sample on from the returned "
-                        "LATENT with the returned SIGMAS (SamplerCustomAdvanced, add_noise off, cfg 1). Works with "
-                        "LoRA-tuned MODELs from the usual loaders; no LoRA training is needed.",
+                        "LATENT with the returned SIGMAS (SamplerCustomAdvanced, add_noise off, cfg 1; on Flux a "
+                        "BasicGuider with FluxGuidance on the positive). Works with LoRA-tuned MODELs from the "
+                        "usual loaders; no LoRA training is needed.",
             inputs=[
-                io.Model.Input("model", tooltip="The MODEL the trajectory was inverted with."),
+                io.Model.Input("model", tooltip=f"The MODEL the trajectory was inverted with ({MODEL_FAMILIES}; on "
+                                                "a DiT the motion supervision uses the DiT's block features)."),
                 io.Conditioning.Input("positive", tooltip="The prompt (DragDiffusion uses no CFG during the drag)."),
                 io.Conditioning.Input("negative", tooltip="Unused by the optimisation (cfg 1); kept for wiring."),
                 EditTrajectoryType.Input("trajectory", tooltip="Trajectory of the source image from DiffEditor "
@@ -75,7 +78,7 @@ class DiffEditorDragOptimize(io.ComfyNode):
         if method not in METHODS:
             raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
         traj = check_trajectory(trajectory, "trajectory")
-        traj.check_compatible(model_id=model_id(model), name="trajectory")
+        check_trajectory_model(traj, model, model_id(model))
         H, W = 8 * traj.shape[-2], 8 * traj.shape[-1]
         pairs = parse_points(points, W, H)  # messages start with "points:"
         k = strength_step(traj.steps, check_finite(strength, "strength", 0.02, 1.0))

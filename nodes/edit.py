@@ -25,7 +25,8 @@ from ..samplers.blend import TrajectoryAnchor
 from ..samplers.edit import KV_MODES, MECHANISM_MODES, PRESETS, EditKnobs, build_schedule, resolve_cfg
 from ..samplers.pack import PACK_PLANS, PACK_PRESET, pack_plan
 from ..samplers.trajectory import EditTrajectory
-from .common import (CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_mask, check_trajectory)
+from .common import (CATEGORY, MODEL_FAMILIES, EditTrajectoryType, check_conditioning, check_finite, check_mask,
+                     check_model_cfg, check_trajectory, check_trajectory_model, guidance_distilled)
 
 EditSpecType = io.Custom("DIFFEDITOR_EDIT_SPEC")
 EditOptionsType = io.Custom("DIFFEDITOR_EDIT_OPTIONS")
@@ -108,8 +109,11 @@ class DiffEditorDragSpec(io.ComfyNode):
                                         "per line or separated by ';'; JSON [[[x1,y1],[x2,y2]], ...] also works). "
                                         "Points must lie inside the image."),
                 io.Mask.Input("mask", optional=True,
-                              tooltip="Optional editable region (1 = may change); outside it the content is kept. "
-                                      "Without a mask the whole image may change."),
+                              tooltip="Optional region (1 = in). The published presets (DiffEditor, "
+                                      "DragonDiffusion) edit only inside it and keep the content outside; "
+                                      "DiffEditor+ warps this region with the points, so it is what moves and "
+                                      "may land outside it (without a mask: a disc around each handle). Without "
+                                      "a mask the published presets may change the whole image."),
             ],
             outputs=[_SPEC_OUT])
 
@@ -424,7 +428,9 @@ class DiffEditorEditSampler(io.ComfyNode):
         return io.Schema(
             node_id="DiffEditorEditSampler", display_name="DiffEditor Edit Sampler", category=f"{CATEGORY}/edit",
             description="DiffEditor's editing loop as a SAMPLER for SamplerCustomAdvanced: use the trajectory's "
-                        "SIGMAS (from DiffEditor Invert), any guider (its cfg applies), and add_noise off.",
+                        "SIGMAS (from DiffEditor Invert), any guider (its cfg applies; on guidance-distilled "
+                        "Flux.1 dev/schnell a BasicGuider or cfg 1, with FluxGuidance on the positive), and "
+                        "add_noise off.",
             inputs=[EditTrajectoryType.Input("trajectory", tooltip="Trajectory of the source image (DiffEditor "
                                                                    "Invert, K,V bank on for visual cross-attention)."),
                     EditSpecType.Input("spec", tooltip="What to edit (a DiffEditor spec node).")] + _main_inputs(),
@@ -474,14 +480,24 @@ def edit_inputs(model, positive, negative, trajectory, spec, cfg, preset, guidan
     """The Edit and Stable Edit nodes' checks: ``(model clone, trajectory, cfg, EditPlan)``."""
     model, traj, mid = run_inputs(model, positive, negative, trajectory)
     _check_spec(spec)
-    cfg = resolve_cfg(cfg, spec.task)
+    cfg = edit_cfg(model, cfg, spec.task)
     return model, traj, cfg, edit_plan(spec, traj, mid, preset, guidance_strength, keep_background, options)
+
+
+def edit_cfg(model, cfg, task: str) -> float:
+    """The Edit nodes' cfg on this MODEL: -1 = the task's official value, or 1 on a guidance-distilled model
+    (Flux dev/schnell, which take their guidance from FluxGuidance); above 1 there is refused."""
+    c = resolve_cfg(cfg, task)  # the task and the number checked; -1 = the task's official value
+    if float(cfg) == -1.0 and guidance_distilled(model):
+        return 1.0
+    return check_model_cfg(model, c)
 
 
 def run_sockets(trajectory_tip: str, spec_tip: str) -> list:
     """The inputs of every node that edits a trajectory on a MODEL: model, positive, negative, trajectory, spec."""
     return [
-        io.Model.Input("model", tooltip="The MODEL the trajectory was inverted with (SD1.x/SD2/SDXL)."),
+        io.Model.Input("model", tooltip=f"The MODEL the trajectory was inverted with ({MODEL_FAMILIES}; the "
+                                        "family is read from the MODEL)."),
         io.Conditioning.Input("positive", tooltip="Prompt describing the edited image (usually the inversion "
                                                   "prompt)."),
         io.Conditioning.Input("negative", tooltip="Negative prompt (the unconditional branch of CFG)."),
@@ -494,7 +510,10 @@ def cfg_input():
     """The Edit nodes' ``cfg``: exactly -1 = the task's official value."""
     return io.Float.Input("cfg", default=-1.0, min=-1.0, max=30.0, step=0.1, round=0.01,
                           tooltip="Classifier-free guidance scale; exactly -1 = the task's official value ("
-                                  + ", ".join(f"{t} {d['cfg']:g}" for t, d in O.TASK_DEFAULTS.items()) + ").")
+                                  + ", ".join(f"{t} {d['cfg']:g}" for t, d in O.TASK_DEFAULTS.items())
+                                  + "; SD3 the same). Guidance-distilled Flux.1 dev/schnell: -1 = 1 and anything "
+                                    "above 1 is refused; set the guidance with FluxGuidance on the positive "
+                                    "conditioning.")
 
 
 def run_inputs(model, positive, negative, trajectory):
@@ -506,7 +525,7 @@ def run_inputs(model, positive, negative, trajectory):
     check_conditioning(negative, "negative")
     traj = check_trajectory(trajectory, "trajectory")
     mid = model_id(model)
-    traj.check_compatible(model_id=mid, name="trajectory")
+    check_trajectory_model(traj, model, mid)
     return model, traj, mid
 
 

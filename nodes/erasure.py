@@ -6,7 +6,17 @@ from comfy_api.latest import io
 
 from ..adapters.comfy_erasure import parse_concepts, sld_model, uce_patched_model
 from ..guidance.sld import SLD_PRESETS, SLDConfig
-from .common import CATEGORY, check_conditioning, check_finite
+from .common import CATEGORY, check_conditioning, check_finite, refuse_dit
+
+#: why UCE's closed form does not apply to a DiT (messages and tooltips)
+UCE_ON_DIT = ("UCE's closed form edits the cross-attention K/V projections, which map the text embedding to keys "
+              "and values by one fixed linear map. Flux and SD3 have no cross-attention: their text tokens pass "
+              "through a timestep- and pooled-prompt-dependent modulation and a per-token norm before every "
+              "joint-attention projection, so no projection is a fixed linear map of the text embedding and the "
+              "closed form does not apply (use a UNet MODEL, or drop the concept from the prompt)")
+SLD_ON_DIT = ("SLD's presets are calibrated on SD1.x eps predictions and steer the classifier-free guidance "
+              "term; guidance-distilled Flux samples without that term (cfg 1) and SD3's flow predictions are on "
+              "another scale, so the published settings do not carry over (use a UNet MODEL)")
 
 
 class DiffEditorEraseConcept(io.ComfyNode):
@@ -20,7 +30,9 @@ class DiffEditorEraseConcept(io.ComfyNode):
                         "Applied as weight patches on a copy of the MODEL (your MODEL is untouched; remove the node "
                         "to undo). LoRAs already applied are taken into account.",
             inputs=[
-                io.Model.Input("model", tooltip="The MODEL to edit (SD1.x, SD2, SDXL UNets)."),
+                io.Model.Input("model", tooltip="The MODEL to edit (SD1.x, SD2, SDXL UNets). Flux/SD3 DiTs are "
+                                                "refused: they have no cross-attention K/V projections of the text "
+                                                "embedding for the closed form to edit."),
                 io.Clip.Input("clip", tooltip="The text encoder the MODEL is conditioned with (from the same "
                                               "checkpoint)."),
                 io.String.Input("concepts", multiline=True, default="",
@@ -44,6 +56,7 @@ class DiffEditorEraseConcept(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, concepts="", guide="", preserve="", erase_scale=1.0, preserve_scale=1.0,
                 lam=0.5) -> io.NodeOutput:
+        refuse_dit(model, "model", UCE_ON_DIT)
         erase = parse_concepts(concepts)
         if not erase:
             raise ValueError("concepts: give at least one concept to erase")
@@ -72,7 +85,9 @@ class DiffEditorSafeGuidance(io.ComfyNode):
                         "the published weak / medium / strong / max settings. Guidance scale 0 is plain CFG, bit for "
                         "bit.",
             inputs=[
-                io.Model.Input("model", tooltip="The MODEL to guide (SD1.x, SD2, SDXL; eps prediction)."),
+                io.Model.Input("model", tooltip="The MODEL to guide (SD1.x, SD2, SDXL; eps prediction). Flux/SD3 "
+                                                "DiTs are refused: the published settings are for eps-prediction "
+                                                "CFG."),
                 io.Conditioning.Input("safety", tooltip="The concept to steer away from (a CLIP Text Encode of "
                                                         "e.g. 'nudity, violence')."),
                 io.Combo.Input("preset", options=["weak", "medium", "strong", "max", "custom"], default="medium",
@@ -95,6 +110,7 @@ class DiffEditorSafeGuidance(io.ComfyNode):
     @classmethod
     def execute(cls, model, safety, preset="medium", warmup_steps=10, guidance_scale=1000.0, threshold=0.01,
                 momentum_scale=0.3, momentum_beta=0.4) -> io.NodeOutput:
+        refuse_dit(model, "model", SLD_ON_DIT)
         check_conditioning(safety, "safety")
         if preset == "custom":
             try:

@@ -12,7 +12,13 @@ from ..adapters.comfy_image_prompt import encode_image_tokens, image_prompt_mode
 from ..guidance.image_prompt import ImagePromptAdapter, Resampler
 from ..guidance.ip_weights import check_context_dim, load_ip_weights
 from ..guidance.windows import StepWindow
-from .common import CATEGORY, check_finite, check_window
+from .common import CATEGORY, check_finite, check_window, refuse_dit
+
+IMAGE_PROMPT_ON_DIT = ("DiffEditor's image prompt is a cross-attention adapter (image K/V added beside the text "
+                       "K/V of every UNet cross-attention, weights trained for SD1.5); Flux and SD3 have no "
+                       "cross-attention to add it to (their text and image tokens share one joint attention), "
+                       "and no image-prompt weights exist for them. Edit without it (DiffEditor Edit), or use an "
+                       "SD1.5 MODEL")
 
 FOLDER = "diffeditor"
 folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
@@ -54,7 +60,9 @@ class DiffEditorImagePrompt(io.ComfyNode):
                         "Composes with the edit sampler and with other cross-attention patches (IP-Adapter and "
                         "the like), before or after this node.",
             inputs=[
-                io.Model.Input("model", tooltip="The MODEL to patch (SD1.x for the released weights)."),
+                io.Model.Input("model", tooltip="The MODEL to patch (SD1.x for the released weights). Flux/SD3 "
+                                                "DiTs are refused: the image prompt is a UNet cross-attention "
+                                                "adapter."),
                 io.ClipVision.Input("clip_vision", tooltip="CLIP ViT-H/14 image encoder (the IP-Adapter one)."),
                 io.Image.Input("image", tooltip="The image prompt (usually the image being edited)."),
                 ImagePromptType.Input("image_prompt", tooltip="From DiffEditor Load Image Prompt."),
@@ -70,6 +78,7 @@ class DiffEditorImagePrompt(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip_vision, image, image_prompt, scale=0.1, start=0.2, end=0.4) -> io.NodeOutput:
+        refuse_dit(model, "model", IMAGE_PROMPT_ON_DIT)
         if not isinstance(image_prompt, dict) or "resampler" not in image_prompt:
             raise ValueError("image_prompt: connect DiffEditor Load Image Prompt")
         if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] != 3:

@@ -13,8 +13,8 @@ from ..adapters.comfy_adapter import check_supported, decoder_attention_shapes, 
 from ..samplers.budget import inversion_model_calls, kv_bank_estimate, mib
 from ..samplers.hooks import KVBank, KVBudgetError
 from ..guidance.windows import StepWindow
-from .common import (CATEGORY, EditTrajectoryType, check_conditioning, check_finite, check_trajectory,
-                     check_window, latent_samples)
+from .common import (CATEGORY, MODEL_FAMILIES, EditTrajectoryType, check_conditioning, check_finite,
+                     check_model_cfg, check_trajectory, check_trajectory_model, check_window, latent_samples)
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +42,21 @@ class DiffEditorInvert(io.ComfyNode):
             description="Deterministic DDIM inversion of a latent: records every intermediate latent (and optionally "
                         "the decoder self-attention K,V) as an EDIT_TRAJECTORY for reconstruction and editing.",
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL eps-prediction UNet)."),
+                io.Model.Input("model", tooltip=f"The diffusion model: {MODEL_FAMILIES} (the family is read "
+                                                "from the MODEL; the trajectory records it)."),
                 io.Conditioning.Input("positive", tooltip="Prompt describing the source image (used for inversion)."),
                 io.Conditioning.Input("negative", tooltip="Negative prompt; only used when cfg is not 1."),
                 io.Latent.Input("latent", tooltip="The VAE-encoded source image to invert."),
                 io.Int.Input("steps", default=50, min=1, max=1000,
-                             tooltip="Number of DDIM steps; editing must later use the same steps and scheduler."),
+                             tooltip="Number of DDIM steps (SD UNets: 50; Flux/SD3: about 28); editing must later "
+                                     "use the same steps and scheduler."),
                 io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="ddim_uniform",
                                tooltip="Noise schedule; ddim_uniform reproduces DDIM's timesteps (981, 961, ..., 1 "
-                                       "for 50 steps)."),
+                                       "for 50 steps). Flux/SD3: simple (what BasicScheduler 'simple' gives)."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance during inversion; 1 (conditional only) inverts "
-                                       "most faithfully."),
+                                       "most faithfully. Guidance-distilled Flux.1 dev/schnell: 1 (above 1 is "
+                                       "refused)."),
                 io.Boolean.Input("exact", default=False,
                                  tooltip="Refine every inversion step by fixed-point iteration so that the "
                                          "deterministic sampler reproduces the source almost exactly (more "
@@ -62,8 +65,9 @@ class DiffEditorInvert(io.ComfyNode):
                              tooltip="Maximum fixed-point iterations per step when exact is on (one model call "
                                      "each)."),
                 io.Boolean.Input("record_kv_bank", default=False,
-                                 tooltip="Record the decoder self-attention K,V of the inversion (memory bank for "
-                                         "visual cross-attention in editing)."),
+                                 tooltip="Record the self-attention K,V of the inversion (memory bank for visual "
+                                         "cross-attention in editing): the UNet decoder's self-attention, or on "
+                                         "Flux/SD3 the image tokens' K,V of the DiT's attention blocks."),
                 io.Float.Input("bank_start", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="First editing step to record K,V for, as a fraction of the steps "
                                        "(0 = noisiest)."),
@@ -79,8 +83,11 @@ class DiffEditorInvert(io.ComfyNode):
                                           tooltip="Every latent of the inversion, its sigmas, the model identity "
                                                   "and the optional K,V bank."),
                 io.Latent.Output("inverted", display_name="inverted",
-                                 tooltip="The inverted noise latent z_T (raw latent space). Regenerate with a core "
-                                         "sampler using add_noise off and the same steps/scheduler."),
+                                 tooltip="The inverted noise latent z_T (raw latent space). SD UNets: regenerate "
+                                         "with a core sampler using add_noise off and the same steps/scheduler. "
+                                         "Flux/SD3: a core sampler starts a flow model from (1 - sigma) x the "
+                                         "latent, nothing at sigma 1; regenerate with DiffEditor Reconstruct or "
+                                         "the DiffEditor Sampler given the trajectory."),
                 io.Sigmas.Output("sigmas", display_name="sigmas",
                                  tooltip="The sampling sigmas the trajectory belongs to (descending, ending at 0); "
                                          "connect to SamplerCustomAdvanced."),
@@ -100,7 +107,7 @@ class DiffEditorInvert(io.ComfyNode):
             raise ValueError(f"steps: expected at least 1 step, got {steps}")
         if scheduler not in comfy.samplers.SCHEDULER_NAMES:
             raise ValueError(f"scheduler: expected one of {list(comfy.samplers.SCHEDULER_NAMES)}, got {scheduler!r}")
-        cfg = check_finite(cfg, "cfg", 0.0, 100.0)
+        cfg = check_model_cfg(model, check_finite(cfg, "cfg", 0.0, 100.0))
         iters = int(exact_iters) if exact else 0
         if exact and iters < 1:
             raise ValueError(f"exact_iters: expected at least 1 iteration when exact is on, got {exact_iters}")
@@ -153,14 +160,14 @@ class DiffEditorReconstruct(io.ComfyNode):
                         "reproduces the source image (a check of the inversion) or re-renders it with another "
                         "prompt.",
             inputs=[
-                io.Model.Input("model", tooltip="The same model the trajectory was inverted with."),
+                io.Model.Input("model", tooltip=f"The same MODEL the trajectory was inverted with ({MODEL_FAMILIES})."),
                 io.Conditioning.Input("positive", tooltip="Prompt for the reconstruction (the inversion prompt "
                                                           "reproduces the source)."),
                 io.Conditioning.Input("negative", tooltip="Negative prompt; only used when cfg is not 1."),
                 EditTrajectoryType.Input("trajectory", tooltip="Trajectory from DiffEditor Invert."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance; use the inversion's cfg for a faithful "
-                                       "reconstruction."),
+                                       "reconstruction (guidance-distilled Flux.1 dev/schnell: 1)."),
             ],
             outputs=[io.Latent.Output("latent", display_name="latent",
                                       tooltip="The reconstructed latent (raw latent space), ready for VAE Decode.")],
@@ -172,6 +179,6 @@ class DiffEditorReconstruct(io.ComfyNode):
         check_conditioning(positive, "positive")
         check_conditioning(negative, "negative")
         traj = check_trajectory(trajectory, "trajectory")
-        cfg = check_finite(cfg, "cfg", 0.0, 100.0)
-        traj.check_compatible(model_id=model_id(model), name="trajectory")
+        cfg = check_model_cfg(model, check_finite(cfg, "cfg", 0.0, 100.0))
+        check_trajectory_model(traj, model, model_id(model))
         return io.NodeOutput({"samples": comfy_jobs.reconstruct(model, positive, negative, traj, cfg)})

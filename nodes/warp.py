@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..adapters import comfy_jobs
 from ..samplers.inpaint import fill_hole, warped_trajectory
-from .common import CATEGORY, check_finite
+from .common import CATEGORY, check_finite, check_model_cfg
 from .edit import _check_spec, _mask2d, run_inputs, run_sockets, spec_warp
 
 
@@ -25,7 +25,8 @@ class DiffEditorWarpInpaint(io.ComfyNode):
                                tooltip="Share of the schedule used to paint the uncovered area (0.5 = the last 25 "
                                        "of 50 steps). Higher repaints from more noise."),
                 io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale while painting."),
+                               tooltip="Classifier-free guidance scale while painting. Guidance-distilled Flux.1 "
+                                       "dev/schnell: 1 (above 1 is refused; FluxGuidance sets their guidance)."),
                 io.Int.Input("seed", default=42, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Seed of the fresh noise in the uncovered area."),
                 io.Int.Input("grow", default=0, min=0, max=8,
@@ -50,7 +51,7 @@ class DiffEditorWarpInpaint(io.ComfyNode):
         model, traj, mid = run_inputs(model, positive, negative, trajectory)
         _check_spec(spec)
         strength = check_finite(strength, "strength", 0.02, 1.0)
-        cfg = check_finite(cfg, "cfg", 0.0, 100.0)
+        cfg = check_model_cfg(model, check_finite(cfg, "cfg", 0.0, 100.0))
         if spec.reference is not None:
             spec.reference.check_compatible(model_id=mid, sigmas=traj.sigmas, shape=traj.shape,
                                             name="reference trajectory")

@@ -16,7 +16,10 @@ WF = pathlib.Path(__file__).resolve().parents[1] / "workflows"
 SCHEMA = json.loads((WF / "schema" / "schema_snapshot.json").read_text())
 UI_FILES = sorted(WF.glob("*.json"))
 EXPECTED = {"inversion_reconstruction", "move", "resize", "drag", "appearance_replace", "paste", "erase_concept",
-            "safe_guidance", "drag_loss", "image_prompt_move", "warp_inpaint", "multi_turn"}
+            "safe_guidance", "drag_loss", "image_prompt_move", "warp_inpaint", "multi_turn", "flux_move",
+            "flux_drag", "sd3_move"}
+DIT_TITLES = {"flux_move": "DiffEditor - Flux - move an object", "flux_drag": "DiffEditor - Flux - drag points",
+              "sd3_move": "DiffEditor - SD3 - move an object"}
 LEGACY = pathlib.Path(__file__).resolve().parent / "data" / "legacy_workflows"
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
 # DiffEditor Edit: the task its spec node describes
@@ -96,8 +99,10 @@ def test_every_task_has_a_ui_workflow_and_an_api_twin():
     names = {p.stem for p in UI_FILES}
     assert names == set(build.NAMES.values()), f"missing or stale: {names ^ set(build.NAMES.values())}"
     assert names == {p.stem for p in (WF / "api").glob("*.json")}
-    for title in names:  # the template browser shows the file name: a human title
+    for title in names:  # the template browser shows the file name: a human title, valid on every OS
         assert title.startswith("DiffEditor - ") and "_" not in title, title
+        assert not set(title) & set('<>:"/\\|?*'), f"{title}: not a valid file name on Windows"
+    assert {k: build.NAMES[k] for k in DIT_TITLES} == DIT_TITLES
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
@@ -218,22 +223,73 @@ def test_snapshot_covers_every_node_type_used():
     assert used <= set(SCHEMA)
 
 
+def _family(api: dict) -> str:
+    """"flux" (UNETLoader + DualCLIPLoader flux), "sd3" (TripleCLIPLoader) or "sd" (an SD1.5 checkpoint)."""
+    types = {n["class_type"]: n for n in api.values()}
+    if "DualCLIPLoader" in types:
+        assert types["DualCLIPLoader"]["inputs"]["type"] == "flux" and "UNETLoader" in types
+        return "flux"
+    return "sd3" if "TripleCLIPLoader" in types else "sd"
+
+
 def test_official_presets():
-    """50 DDIM steps on ddim_uniform for every inversion; each edit's cfg is the task's official value."""
+    """SD1.5: 50 DDIM steps on ddim_uniform for every inversion; Flux/SD3: 28 steps on 'simple'. Each edit's cfg
+    is the task's official value, except on guidance-distilled Flux: 1 (its guidance is FluxGuidance's)."""
     from diffeditor.guidance.official import TASK_DEFAULTS
 
     for path in UI_FILES:
         _, api = _load(path)
+        family = _family(api)
         for nid, node in api.items():
             if node["class_type"] == "DiffEditorInvert":
-                assert (node["inputs"]["steps"], node["inputs"]["scheduler"]) == (50, "ddim_uniform"), path.stem
+                want = (50, "ddim_uniform") if family == "sd" else (28, "simple")
+                assert (node["inputs"]["steps"], node["inputs"]["scheduler"]) == want, path.stem
+                assert node["inputs"]["cfg"] == 1.0, path.stem
             if node["class_type"] == "DiffEditorEdit":
                 spec = api[node["inputs"]["spec"][0]]
                 task = spec["inputs"]["task"] if spec["class_type"] == "DiffEditorCanvas" else \
                     SPEC_TASK[spec["class_type"]]
-                assert node["inputs"]["cfg"] == TASK_DEFAULTS[task]["cfg"], f"{path.stem}: edit cfg"
+                want = 1.0 if family == "flux" else TASK_DEFAULTS[task]["cfg"]
+                assert node["inputs"]["cfg"] == want, f"{path.stem}: edit cfg"
             if node["class_type"] == "EmptyLatentImage":
                 assert (node["inputs"]["width"], node["inputs"]["height"]) == (512, 512), path.stem
+
+
+def test_dit_workflows_load_models_the_way_their_users_do():
+    """Flux: UNETLoader + DualCLIPLoader (flux) + VAELoader, FluxGuidance on the positive of the inversion and
+    the edit; SD3: the checkpoint's MODEL and VAE with TripleCLIPLoader. Both edit on the DiffEditor Canvas."""
+    build = _build()
+    for name, title in DIT_TITLES.items():
+        _, api = _load(WF / f"{title}.json")
+        family = _family(api)
+        assert family == name.split("_")[0]
+        by_type = {}
+        for nid, n in api.items():
+            by_type.setdefault(n["class_type"], []).append(nid)
+        edit = api[by_type["DiffEditorEdit"][0]]["inputs"]
+        invert = api[by_type["DiffEditorInvert"][0]]["inputs"]
+        model = api[edit["model"][0]]
+        assert invert["model"] == edit["model"]
+        assert api[edit["spec"][0]]["class_type"] == "DiffEditorCanvas"
+        task = api[edit["spec"][0]]["inputs"]["task"]
+        assert task == ("drag" if "drag" in name else "move")
+        if family == "flux":
+            assert model["class_type"] == "UNETLoader" and model["inputs"]["unet_name"] == build.FLUX_UNET
+            assert len(by_type["VAELoader"]) == 1
+            for node in (edit, invert):
+                pos = api[node["positive"][0]]
+                assert pos["class_type"] == "FluxGuidance" and pos["inputs"]["guidance"] == 3.5
+            assert edit["cfg"] == 1.0
+        else:
+            assert model["class_type"] == "CheckpointLoaderSimple"
+            assert model["inputs"]["ckpt_name"] == build.SD3_CKPT
+            clip = api[api[edit["positive"][0]]["inputs"]["clip"][0]]
+            assert clip["class_type"] == "TripleCLIPLoader"
+        decode = api[by_type["VAEDecode"][0]]["inputs"]
+        encode = api[by_type["VAEEncode"][0]]["inputs"]
+        assert decode["vae"] == encode["vae"]
+        note = build.NOTES[name]
+        assert "28 steps" in note and "simple" in note and "cfg" in note
 
 
 def test_edit_workflows_use_the_pack_preset_and_the_image_prompt_the_published_one():
@@ -313,10 +369,14 @@ def test_every_workflow_says_where_to_get_its_models():
     for name, g in build.graphs().items():
         note = build.NOTES[name]
         for t, vals in g.values():
-            for key in ("ckpt_name", "clip_name", "weights"):
+            for key in build.FILE_COMBOS:
                 if key in vals:
                     assert vals[key] in note and "https://huggingface.co/" in note, f"{name}: {key} {vals[key]}"
-        assert ("ckpt_name" not in str(g)) or "stable-diffusion-v1-5/stable-diffusion-v1-5" in note, name
+        if name in build.DIT_WORKFLOWS:
+            repo = "black-forest-labs/FLUX.1-dev" if name.startswith("flux") else "stabilityai/stable-diffusion-3.5"
+            assert repo in note, name
+        else:
+            assert ("ckpt_name" not in str(g)) or "stable-diffusion-v1-5/stable-diffusion-v1-5" in note, name
 
 
 # ------------------------------------------------------------------------------------------ migration

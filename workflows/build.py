@@ -35,7 +35,8 @@ ASSETS = HERE / "assets"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 CORE_NODES = ("CheckpointLoaderSimple", "CLIPTextEncode", "LoadImage", "LoadImageMask", "VAEEncode", "VAEDecode",
               "SaveImage", "PreviewImage", "EmptyLatentImage", "KSampler", "DisableNoise", "CFGGuider",
-              "SamplerCustomAdvanced", "CLIPVisionLoader")
+              "SamplerCustomAdvanced", "CLIPVisionLoader", "UNETLoader", "DualCLIPLoader", "TripleCLIPLoader",
+              "VAELoader", "FluxGuidance")
 # Pack nodes that workflows/migrate.py writes into migrated workflows of the first interface (the spec nodes
 # the canvas workflows no longer show): in the snapshot so migrated workflows validate against it.
 MIGRATED_NODES = ("DiffEditorMoveSpec", "DiffEditorDragSpec", "DiffEditorPasteSpec", "DiffEditorPasteReference",
@@ -45,8 +46,13 @@ FRONTEND_ONLY = ("MarkdownNote",)
 # Workflows that need weights no test machine has (a CLIP ViT-H image encoder, the released image-prompt
 # weights): validated against the schemas, not run in the CPU server test.
 NEEDS_USER_WEIGHTS = ("image_prompt_move",)
+# Flux / SD3 workflows: their text encoders (T5-XXL, 4.7B parameters at a fixed size) cannot be built on a test
+# machine, so the CPU server test does not run them; tests/host/test_dit_nodes.py runs their graphs in-process
+# on tiny Flux / SD3 MODELs with the loaders' outputs substituted.
+DIT_WORKFLOWS = ("flux_move", "flux_drag", "sd3_move")
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
-FILE_COMBOS = ("ckpt_name", "clip_name", "weights")  # listed from the user's model folders: install-specific
+# listed from the user's model folders: install-specific
+FILE_COMBOS = ("ckpt_name", "clip_name", "weights", "unet_name", "vae_name", "clip_name1", "clip_name2", "clip_name3")
 
 # ------------------------------------------------------------------------------------------- graphs
 # A graph is {key: (node type, {input name: widget value | (source key, output index)})}, in execution order.
@@ -64,8 +70,20 @@ DEFAULTS_ARE_OFFICIAL = ("DiffEditorEditOptions",)
 # The edit's classifier-free guidance, written out (not -1 = auto) so artists see it: the official value per
 # task (guidance.official.TASK_DEFAULTS; tests/test_workflows.py keeps the two in sync).
 EDIT_TASK = {"move": "move", "resize": "move", "drag": "drag", "appearance_replace": "appearance",
-             "paste": "paste", "image_prompt_move": "move"}
+             "paste": "paste", "image_prompt_move": "move", "flux_move": "move", "flux_drag": "drag",
+             "sd3_move": "move"}
 TASK_CFG = {"move": 4.0, "drag": 4.0, "appearance": 5.0, "paste": 4.0}
+
+# Flux.1 dev and SD3.5 medium, loaded the way their users load them (the files of their model cards / ComfyUI's
+# examples). Flow models invert on the 'simple' schedule (what BasicScheduler 'simple' gives on the MODEL) with
+# about 28 steps; no K,V bank (the pack's preset warps moves and drags and needs none).
+FLUX_UNET, FLUX_VAE = "flux1-dev.safetensors", "ae.safetensors"
+CLIP_L, CLIP_G, T5XXL = "clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"
+SD3_CKPT = "sd3.5_medium.safetensors"
+DIT_INVERT = dict(INVERT, steps=28, scheduler="simple", record_kv_bank=False)
+FLUX_GUIDANCE = 3.5
+#: the cfg of the Edit on a guidance-distilled model (Flux dev/schnell): 1, the guidance is FluxGuidance's
+DISTILLED = ("flux_move", "flux_drag")
 
 # The file name is the title ComfyUI's template browser shows: one human title per workflow.
 NAMES = {"inversion_reconstruction": "DiffEditor - Invert and reconstruct", "move": "DiffEditor - Move an object",
@@ -75,7 +93,10 @@ NAMES = {"inversion_reconstruction": "DiffEditor - Invert and reconstruct", "mov
          "image_prompt_move": "DiffEditor - Move with an image prompt",
          "erase_concept": "DiffEditor - Erase a concept (UCE)", "safe_guidance": "DiffEditor - Safe guidance (SLD)",
          "warp_inpaint": "DiffEditor - Fast move (Warp and Inpaint)",
-         "multi_turn": "DiffEditor - Three chained edits (stability tracking)"}
+         "multi_turn": "DiffEditor - Three chained edits (stability tracking)",
+         "flux_move": "DiffEditor - Flux - move an object", "flux_drag": "DiffEditor - Flux - drag points",
+         "sd3_move": "DiffEditor - SD3 - move an object"}
+# (no ':' in a title: the file name is the title, and Windows checkouts cannot hold a ':' in a file name)
 
 TITLES = {
     "ckpt": "Load Checkpoint (SD1.5)", "pos": "Prompt (describe the image)", "neg": "Negative prompt",
@@ -98,12 +119,23 @@ TITLES = {
     "invert2": "DiffEditor Invert (turn 1's result)", "invert3": "DiffEditor Invert (turn 2's result)",
     "preview1": "Preview (turn 1)", "preview2": "Preview (turn 2)",
 }
+# Titles of the Flux / SD3 workflows' own nodes (their loaders, FluxGuidance, the flow-schedule inversion).
+DIT_TITLES = {
+    "flux": {"unet": "Load Diffusion Model (Flux.1 dev)", "clip": "DualCLIPLoader (CLIP-L + T5-XXL, flux)",
+             "vae": "Load VAE (Flux ae)", "text": "Prompt (describe the image)",
+             "pos": f"FluxGuidance {FLUX_GUIDANCE:g} (Flux's guidance)", "neg": "Negative prompt (unused at cfg 1)",
+             "invert": "DiffEditor Invert (28 steps, simple)", "edit": "DiffEditor Edit (cfg 1)"},
+    "sd3": {"ckpt": "Load Checkpoint (SD3.5 medium)", "clip": "TripleCLIPLoader (CLIP-L, CLIP-G, T5-XXL)",
+            "invert": "DiffEditor Invert (28 steps, simple)"},
+}
 SPEC_TITLES = {"appearance_replace": "Appearance spec", "image_prompt_move": "Move spec (dx, dy in pixels)",
                "warp_inpaint": "Move spec (dx, dy in pixels)"}
 CANVAS_TITLES = {"canvas1": "Turn 1 canvas: move the circle", "canvas2": "Turn 2 canvas: move the square",
                  "canvas3": "Turn 3 canvas: shrink the triangle",
                  "move": "Canvas: draw the object, drag it", "resize": "Canvas: draw the object, wheel to resize",
-                 "drag": "Canvas: click handle, then target", "paste": "Canvas: place the reference object"}
+                 "drag": "Canvas: click handle, then target", "paste": "Canvas: place the reference object",
+                 "flux_move": "Canvas: draw the object, drag it", "sd3_move": "Canvas: draw the object, drag it",
+                 "flux_drag": "Canvas: click handle, then target"}
 
 _SD15 = ("Checkpoint: any SD1.5 checkpoint in `ComfyUI/models/checkpoints/`; this workflow names "
          "`v1-5-pruned-emaonly.safetensors` from https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5 "
@@ -120,6 +152,30 @@ _CANVAS = ("Invert the source once (DDIM, 50 steps, K,V bank on), draw the edit 
            "pick `DiffEditor` or `DragonDiffusion` for the published guided edits). "
            "The preview shows what the edit starts from without running the model. `guidance_strength` pushes "
            "harder or softer; connect a DiffEditor Edit Options node to change anything else.")
+_CANVAS_DIT = ("The same nodes as on SD1.5 (the model family is read from the MODEL): invert the source once, draw "
+               "the edit on the **DiffEditor Canvas** node, and DiffEditor Edit runs it with the pack's preset "
+               "DiffEditor+ (the object warped, only the uncovered area painted: no K,V bank, no guidance "
+               "gradients). The preview shows what the edit starts from without running the model.")
+_FLUX = ("**Models** (as Flux users load them): `flux1-dev.safetensors` from "
+         "https://huggingface.co/black-forest-labs/FLUX.1-dev in `ComfyUI/models/diffusion_models/` (Load Diffusion "
+         "Model), `ae.safetensors` from the same repository in `ComfyUI/models/vae/` (Load VAE), `clip_l.safetensors` "
+         "and `t5xxl_fp16.safetensors` (or `t5xxl_fp8_e4m3fn.safetensors`) from "
+         "https://huggingface.co/comfyanonymous/flux_text_encoders in `ComfyUI/models/text_encoders/` "
+         "(DualCLIPLoader, type flux).\n\n**Settings**: Flux dev and schnell are guidance-distilled: cfg 1 on every "
+         "DiffEditor node (the Edit's -1 means 1, above 1 is refused) and the guidance on the prompt with "
+         f"FluxGuidance ({FLUX_GUIDANCE:g}). Flow models invert on the `simple` schedule (what BasicScheduler "
+         "'simple' gives on the MODEL) with about 28 steps; Flux's native size is 1024x1024 (it works from 512; "
+         "the canvas scales its drawing to the image).")
+_SD3 = ("**Models** (as SD3 users load them): `sd3.5_medium.safetensors` from "
+        "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium in `ComfyUI/models/checkpoints/` (Load "
+        "Checkpoint: the MMDiT and its VAE), and `clip_l.safetensors`, `clip_g.safetensors` and "
+        "`t5xxl_fp16.safetensors` from that repository's `text_encoders/` folder in `ComfyUI/models/text_encoders/` "
+        "(TripleCLIPLoader). SD3 medium and SD3.5 large load the same way.\n\n**Settings**: SD3 samples with true "
+        "classifier-free guidance, so the Edit's cfg is the task's official value (move 4). Flow models invert on "
+        "the `simple` schedule (what BasicScheduler 'simple' gives on the MODEL) with about 28 steps; the native "
+        "size is 1024x1024 (it works from 512).")
+_DIT_IMAGES = ("\n\nImages: copy `workflows/assets/*.png` of ComfyUI-DiffEditor into `ComfyUI/input/` (512x512). "
+               "UCE, SLD and DiffEditor's image prompt are SD-UNet only and refuse a Flux/SD3 MODEL.")
 NOTES = {
     "inversion_reconstruction": "## Inversion / reconstruction\n\nDDIM-invert the source (50 steps, "
                                 "ddim_uniform) and sample it back: the output should match the input.\n\n" + _IMAGES,
@@ -128,7 +184,8 @@ NOTES = {
     "resize": "## Resize an object\n\n" + _CANVAS + " Paint or box the object, then use the wheel or the corner "
               "handle in Move: it scales about the object's centre.\n\n" + _IMAGES,
     "drag": "## Drag points\n\n" + _CANVAS + " Click a handle, then its target (numbered arrows); drag a point to "
-            "adjust it, right-click to delete it. A region box limits what may change. The Edit Options node "
+            "adjust it, right-click to delete it. A region box marks what moves with the points (DiffEditor+; "
+            "the published presets: what may change). The Edit Options node "
             "shows every mechanism at its official value.\n\n" + _IMAGES,
     "appearance_replace": "## Replace appearance\n\n" + _EDIT + " The reference image is inverted the same way; "
                           "the masked object takes the appearance of the reference object.\n\n" + _IMAGES,
@@ -162,9 +219,16 @@ NOTES = {
                   "to read it). With the published presets the "
                   "background drifts a little more every turn; the tracking stops that.\n\n" + _IMAGES,
     "erase_concept": "## Erase a concept (UCE)\n\nEdits the cross-attention projections so the concepts are no "
-                     "longer drawn (one per line); `preserve` lists concepts to keep.\n\n" + _SD15,
+                     "longer drawn (one per line); `preserve` lists concepts to keep. SD1.x/SD2.x/SDXL only: "
+                     "Flux and SD3 have no cross-attention for the closed form to edit.\n\n" + _SD15,
     "safe_guidance": "## Safe latent diffusion (SLD)\n\nSteers sampling away from the concept in the "
                      "`Unsafe concept` prompt.\n\n" + _SD15,
+    "flux_move": "## Flux: move an object\n\n" + _CANVAS_DIT + " Paint or box the object (Brush / Box), then drag "
+                 "it with Move.\n\n" + _FLUX + _DIT_IMAGES,
+    "flux_drag": "## Flux: drag points\n\n" + _CANVAS_DIT + " Click a handle, then its target (numbered arrows); a "
+                 "region box marks what moves with the points.\n\n" + _FLUX + _DIT_IMAGES,
+    "sd3_move": "## SD3: move an object\n\n" + _CANVAS_DIT + " Paint or box the object (Brush / Box), then drag it "
+                "with Move.\n\n" + _SD3 + _DIT_IMAGES,
 }
 
 
@@ -192,18 +256,65 @@ def _base(image="diffeditor_scene.png", prompt=PROMPT):
     }
 
 
-def _finish(g, latent_src, prefix):
-    g["decode"] = ("VAEDecode", {"samples": (latent_src, 0), "vae": ("ckpt", 2)})
+def _finish(g, latent_src, prefix, vae=("ckpt", 2)):
+    g["decode"] = ("VAEDecode", {"samples": (latent_src, 0), "vae": vae})
     g["save"] = ("SaveImage", {"filename_prefix": f"DiffEditor/{prefix}", "images": ("decode", 0)})
     return g
 
 
-def _edit(g, name, spec="spec", **over):
+def _edit(g, name, spec="spec", model=("ckpt", 0), **over):
     knobs = dict(KNOBS, preset="DiffEditor") if name in PUBLISHED_PRESET else KNOBS
-    g["edit"] = ("DiffEditorEdit", dict(knobs, **dict(dict(cfg=TASK_CFG[EDIT_TASK[name]], model=("ckpt", 0),
+    cfg = 1.0 if name in DISTILLED else TASK_CFG[EDIT_TASK[name]]
+    g["edit"] = ("DiffEditorEdit", dict(knobs, **dict(dict(cfg=cfg, model=model,
                                                            positive=("pos", 0), negative=("neg", 0),
                                                            trajectory=("invert", 0), spec=(spec, 0)), **over)))
     return g
+
+
+def _flux_base(image="diffeditor_scene.png", prompt=PROMPT):
+    """Flux.1 dev as its users load it: UNETLoader + DualCLIPLoader (flux) + VAELoader, FluxGuidance on the prompt."""
+    return {
+        "unet": ("UNETLoader", {"unet_name": FLUX_UNET, "weight_dtype": "default"}),
+        "clip": ("DualCLIPLoader", {"clip_name1": CLIP_L, "clip_name2": T5XXL, "type": "flux", "device": "default"}),
+        "vae": ("VAELoader", {"vae_name": FLUX_VAE}),
+        "text": ("CLIPTextEncode", {"text": prompt, "clip": ("clip", 0)}),
+        "pos": ("FluxGuidance", {"conditioning": ("text", 0), "guidance": FLUX_GUIDANCE}),
+        "neg": ("CLIPTextEncode", {"text": "", "clip": ("clip", 0)}),
+        "image": ("LoadImage", {"image": image}),
+        "encode": ("VAEEncode", {"pixels": ("image", 0), "vae": ("vae", 0)}),
+        "invert": ("DiffEditorInvert", dict(DIT_INVERT, model=("unet", 0), positive=("pos", 0), negative=("neg", 0),
+                                            latent=("encode", 0))),
+    }
+
+
+def _sd3_base(image="diffeditor_scene.png", prompt=PROMPT):
+    """SD3.5 medium as its users load it: the checkpoint (MMDiT + VAE) and TripleCLIPLoader for the encoders."""
+    return {
+        "ckpt": ("CheckpointLoaderSimple", {"ckpt_name": SD3_CKPT}),
+        "clip": ("TripleCLIPLoader", {"clip_name1": CLIP_L, "clip_name2": CLIP_G, "clip_name3": T5XXL}),
+        "pos": ("CLIPTextEncode", {"text": prompt, "clip": ("clip", 0)}),
+        "neg": ("CLIPTextEncode", {"text": "", "clip": ("clip", 0)}),
+        "image": ("LoadImage", {"image": image}),
+        "encode": ("VAEEncode", {"pixels": ("image", 0), "vae": ("ckpt", 2)}),
+        "invert": ("DiffEditorInvert", dict(DIT_INVERT, model=("ckpt", 0), positive=("pos", 0), negative=("neg", 0),
+                                            latent=("encode", 0))),
+    }
+
+
+def _dit_graphs() -> dict[str, dict]:
+    """The Flux and SD3 workflows: the move and drag canvases of the SD1.5 ones on the flow models."""
+    out = {}
+    move = dict(task="move", dx=96, dy=32, scale=1.0, editor=canvas_state(object=[BRUSH_CIRCLE]))
+    drag = dict(task="drag", dx=0, dy=0, scale=1.0, editor=canvas_state(points=[[152, 176, 216, 176]],
+                                                                        region=[{"box": [96, 96, 320, 256]}]))
+    for name, base, canvas, model, vae in (("flux_move", _flux_base, move, ("unet", 0), ("vae", 0)),
+                                           ("flux_drag", _flux_base, drag, ("unet", 0), ("vae", 0)),
+                                           ("sd3_move", _sd3_base, move, ("ckpt", 0), ("ckpt", 2))):
+        g = base()
+        g["canvas"] = ("DiffEditorCanvas", dict(canvas, image=("image", 0)))
+        g["preview"] = ("PreviewImage", {"images": ("canvas", 1)})
+        out[name] = _finish(_edit(g, name, spec="canvas", model=model), "edit", name, vae=vae)
+    return out
 
 
 def _mask(name, file):
@@ -337,10 +448,14 @@ def graphs() -> dict[str, dict]:
         "safe": ("DiffEditorSafeGuidance", {"model": ("ckpt", 0), "safety": ("safety", 0), "preset": "medium",
                                             "warmup_steps": 10, "guidance_scale": 1000.0, "threshold": 0.01,
                                             "momentum_scale": 0.3, "momentum_beta": 0.4})})
+    out.update(_dit_graphs())
     return out
 
 
 def title(workflow: str, key: str, node_type: str) -> str:
+    family = workflow.split("_")[0] if workflow in DIT_WORKFLOWS else None
+    if family and key in DIT_TITLES[family]:
+        return DIT_TITLES[family][key]
     if key == "canvas":
         return CANVAS_TITLES[workflow]
     if key in CANVAS_TITLES:
@@ -375,6 +490,8 @@ def node_classes() -> dict:
     """Core node classes and this pack's (V3 classes expose the same INPUT_TYPES that /object_info renders
     from their ``define_schema()``)."""
     import comfy_extras.nodes_custom_sampler as custom_sampler
+    import comfy_extras.nodes_flux as nodes_flux
+    import comfy_extras.nodes_sd3 as nodes_sd3
     import nodes as comfy_nodes
 
     sys.path.append(str(ROOT))
@@ -383,6 +500,7 @@ def node_classes() -> dict:
     pack = pack_loader.load("diffeditor")
     classes = dict(comfy_nodes.NODE_CLASS_MAPPINGS)
     classes.update(custom_sampler.NODE_CLASS_MAPPINGS)
+    classes.update({"FluxGuidance": nodes_flux.FluxGuidance, "TripleCLIPLoader": nodes_sd3.TripleCLIPLoader})
     classes.update({cls.define_schema().node_id: cls for cls in pack.NODE_LIST})
     return classes
 

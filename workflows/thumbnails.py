@@ -8,6 +8,9 @@ workflow's assets (``workflows/assets``, rendered at 512x512 by the same generat
 pixel parameters scaled by 64/512: the panels are the inputs and the result, upscaled 4x. The demo model is
 small and weak (see its model card), so these show what the graph does, not SD1.5 quality. The image-prompt
 workflow needs weights no test machine has; its thumbnail says so and shows the move without the image prompt.
+The Flux and SD3 workflows need models no test machine has either, and the demo model is not a DiT: their
+thumbnails are honest previews, the workflow's own DiffEditor Canvas preview of the edit on the scene (what the
+edit starts from, drawn by the node's preview code, no model run), labelled with the model family and "preview".
 """
 from __future__ import annotations
 
@@ -107,14 +110,15 @@ def _mask(arr) -> torch.Tensor:
     return torch.from_numpy(np.asarray(arr, dtype=np.float32))
 
 
-def render(demo: Demo, build, names=None):
+def render(demo: Demo | None, build, names=None):
     """Yield ``(workflow, [(label, image)])`` from the workflows' own parameters (build.graphs())."""
     from diffeditor.guidance.geometry import paste_reference
     from diffeditor.guidance.specs import AppearanceSpec, DragSpec, MoveSpec, PasteSpec
 
     g = build.graphs()
-    src_img, ref_img = demo.src.image(), demo.ref.image()
-    obj, ref_obj = _mask(demo.src.masks()[0]), _mask(demo.ref.masks()[0])
+    src, ref = (demo.src, demo.ref) if demo is not None else scenes_of_the_assets()
+    src_img, ref_img = src.image(), ref.image()
+    obj, ref_obj = _mask(src.masks()[0]), _mask(ref.masks()[0])
     drawn = json.loads(g["drag"]["canvas"][1]["editor"])  # the points drawn on DiffEditor Canvas
     pairs = [((a * K, b * K), (c * K, d * K)) for a, b, c, d in drawn["points"]]
     region = np.zeros((SIZE, SIZE), np.float32)
@@ -166,6 +170,7 @@ def render(demo: Demo, build, names=None):
                                       ("needs ViT-H + ip_sd15_64", _banner(src_img))],
         "warp_inpaint": lambda: [("source", src_img), ("warp & inpaint", _warp(demo, obj, g["warp_inpaint"]))],
         "multi_turn": chain,
+        **{name: (lambda name=name: _dit_preview(build, g, name)) for name in build.DIT_WORKFLOWS},
         "erase_concept": lambda: _erase(demo, g["erase_concept"]["erase"][1]["concepts"]),
         "safe_guidance": lambda: _sld(demo, g["safe_guidance"]["safety"][1]["text"]),
     }
@@ -186,6 +191,29 @@ class _Scene:
 
     def caption(self):
         return self._caption
+
+
+def _dit_preview(build, g, name: str):
+    """A Flux / SD3 workflow's thumbnail: its DiffEditor Canvas preview on the 512x512 scene asset, computed by
+    the node's own preview code (guidance/canvas_preview.py) from the workflow's editor state; no model runs."""
+    from PIL import Image
+
+    from diffeditor.guidance.canvas_preview import preview_drag, preview_move
+    from diffeditor.guidance.canvas_state import resolve
+
+    family = "Flux.1 dev" if name.startswith("flux") else "SD3.5 medium"
+    c = g[name]["canvas"][1]
+    with Image.open(HERE / "assets" / g[name]["image"][1]["image"]) as im:
+        img = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255)
+    H, W = img.shape[:2]
+    r = resolve(c["task"], c["editor"], (W, H), dx=c["dx"], dy=c["dy"], scale=c["scale"])
+    if c["task"] == "drag":
+        prev = preview_drag(img, r.points, r.mask)
+    else:
+        prev = preview_move(img, r.mask, r.dx, r.dy, r.scale)
+    note = ["PREVIEW ONLY, not a " + family.split()[0] + " result:",
+            "the canvas shows what the edit starts from;", f"the edit itself runs on {family}"]
+    return [("source", img.numpy()), (f"{family}: {c['task']} (canvas preview)", prev.numpy(), note)]
 
 
 def _drag_loss(demo: Demo, pairs, region, params) -> np.ndarray:
@@ -289,13 +317,18 @@ def compose(panels: list[tuple[str, np.ndarray]], path: pathlib.Path) -> None:
     W = len(panels) * side + (len(panels) + 1) * gap
     canvas = Image.new("RGB", (W, side + top + gap), (24, 24, 28))
     d = ImageDraw.Draw(canvas)
-    for i, (label, img) in enumerate(panels):
+    for i, (label, img, *caption) in enumerate(panels):
         im = Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
         if im.width != side:
-            im = im.resize((side, side), Image.NEAREST)
+            im = im.resize((side, side), Image.NEAREST if im.width < side else Image.LANCZOS)
         x = gap + i * (side + gap)
         canvas.paste(im, (x, top))
         d.text((x + 4, 7), label, fill=(235, 235, 235))
+        for lines in caption:  # a dark band at the bottom of the panel
+            y0 = top + side - 16 * len(lines) - 8
+            d.rectangle([x, y0, x + side - 1, top + side - 1], fill=(16, 16, 20))
+            for j, line in enumerate(lines):
+                d.text((x + 6, y0 + 4 + 16 * j), line, fill=(255, 220, 120))
         if label.startswith("needs"):
             d.text((x + 16, top + side // 2 - 20), "image prompt not run here:", fill=(235, 235, 235))
             d.text((x + 16, top + side // 2), "needs CLIP ViT-H/14 and", fill=(235, 235, 235))
@@ -309,7 +342,7 @@ def main(names=None, missing_only: bool = False) -> None:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     if missing_only:
         names = [n for n in build.NAMES if not (HERE / f"{build.NAMES[n]}.jpg").exists()]
-    demo = Demo()
+    demo = Demo() if names is None or set(names) - set(build.DIT_WORKFLOWS) else None  # DiT previews need none
     for name, panels in render(demo, build, names):
         path = HERE / f"{build.NAMES[name]}.jpg"
         compose(panels, path)

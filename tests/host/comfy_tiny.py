@@ -102,6 +102,91 @@ def build_flow(seed: int = 2):
         return _patcher(base)
 
 
+# Flux.1-style (dev: guidance embedding): 2 double + 2 single blocks, hidden 32, 2 heads of 16 (RoPE axes 4+6+6),
+# mlp ratio 4 (as diffusers' Flux, for the parity test).
+TINY_FLUX = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 32, "context_in_dim": 32,
+    "hidden_size": 32, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
+    "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
+}
+
+# SD3.5-style MMDiT: hidden 64 * depth with depth heads of 64; 3 joint blocks (the last context block pre-only),
+# RMS q/k norms, an MMDiT-X image-only attn2 in block 0, a 16x16 positional-embedding table (latents <= 32x32).
+TINY_SD3 = {
+    "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 3, "input_size": None,
+    "adm_in_channels": 32, "pos_embed_scaling_factor": None, "pos_embed_max_size": 16, "num_patches": 256,
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 192}},
+    "qk_norm": "rms", "x_block_self_attn_layers": [0],
+}
+
+
+@torch.no_grad()
+def init_dit_weights_(module: torch.nn.Module, seed: int, out_scale: float = 0.5) -> None:
+    """:func:`init_weights_` for a DiT: parameters *and* buffers (SD3's positional table is an uninitialised
+    buffer), the final projection scaled down so the random velocity stays tame."""
+    init_weights_(module, seed, out_scale)
+    g = torch.Generator().manual_seed(seed + 1000)
+    for name, b in module.named_buffers():
+        if b.is_floating_point():
+            b.copy_((torch.randn(b.shape, generator=g) * 0.1).to(b.dtype))
+    module.final_layer.linear.weight.mul_(out_scale)
+
+
+def build_flux(seed: int = 30, guidance_embed: bool = True, dtype=torch.float32):
+    """A tiny Flux.1 dev (``guidance_embed``) or schnell (``guidance_embed=False``, FLOW sampling) MODEL."""
+    import comfy.supported_models
+
+    with torch.inference_mode():
+        cls = comfy.supported_models.Flux if guidance_embed else comfy.supported_models.FluxSchnell
+        cfg = cls(dict(TINY_FLUX, guidance_embed=guidance_embed))
+        cfg.set_inference_dtype(dtype, None)
+        base = cfg.get_model({})
+        init_dit_weights_(base.diffusion_model, seed)
+        return _patcher(base)
+
+
+def build_sd3(seed: int = 31, dtype=torch.float32):
+    import comfy.supported_models
+
+    with torch.inference_mode():
+        cfg = comfy.supported_models.SD3(dict(TINY_SD3))
+        cfg.set_inference_dtype(dtype, None)
+        base = cfg.get_model({})
+        init_dit_weights_(base.diffusion_model, seed)
+        return _patcher(base)
+
+
+def build_qwen_image():
+    """A tiny Qwen-Image MODEL (weights left uninitialised: only for the refusal checks, never run)."""
+    import comfy.supported_models
+
+    with torch.inference_mode():
+        cfg = comfy.supported_models.QwenImage({
+            "image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 1,
+            "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 32,
+            "axes_dims_rope": (4, 6, 6)})
+        cfg.set_inference_dtype(torch.float32, None)
+        return _patcher(cfg.get_model({}))
+
+
+def dit_conditioning(seed: int, family: str, scale: float = 1.0, tokens: int = TOKENS, guidance: float = 3.5):
+    """CONDITIONING for the tiny DiTs: context ``[1, T, 32]`` + pooled ``[1, 32]`` (+ ``guidance`` for Flux)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        c = torch.randn(1, tokens, CONTEXT_DIM, generator=g) * scale
+        opts = {"pooled_output": torch.randn(1, 32, generator=g)}
+        if family == "flux":
+            opts["guidance"] = guidance
+        return [[c, opts]]
+
+
+def dit_latent(seed: int = 33, h: int = 16, w: int = 16):
+    """A LATENT for the tiny DiTs (16 channels, raw latent space)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        return {"samples": torch.randn(1, 16, h, w, generator=g)}
+
+
 def random_conditioning(seed: int, pooled_dim: int = CONTEXT_DIM, scale: float = 1.0, **opts):
     g = torch.Generator().manual_seed(seed)
     with torch.inference_mode():

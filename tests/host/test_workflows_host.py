@@ -112,6 +112,9 @@ def test_api_workflow_runs(server, path):
     build = _build()
     if path.stem in {build.NAMES[k] for k in build.NEEDS_USER_WEIGHTS}:
         pytest.skip(f"{path.stem} needs a CLIP ViT-H image encoder and the released image-prompt weights")
+    if path.stem in {build.NAMES[k] for k in build.DIT_WORKFLOWS}:
+        pytest.skip(f"{path.stem} needs a T5-XXL text encoder no test machine can build; tests/host/test_dit_nodes.py "
+                    "runs its graph on tiny in-process Flux/SD3 MODELs")
     t0 = time.time()
     hist = run_prompt(server, shrink(json.loads(path.read_text())), timeout=PROMPT_TIMEOUT)
     assert hist["status"]["status_str"] == "success", json.dumps(hist["status"], indent=1)[-3000:]
