@@ -64,6 +64,23 @@ def sample(model, sampler, sigmas: torch.Tensor, positive, negative, cfg: float,
 
 
 # -------------------------------------------------------------------------------------------- jobs
+def start_latent_for_core(host, x: torch.Tensor, sigma_at, sigma_end) -> torch.Tensor:
+    """What an engine run on ``[.., sigma_end]`` must return so that the LATENT ComfyUI hands back is the one a
+    core sampler started at ``sigma_at`` (noise added: no) reads as ``x``.
+
+    A flow MODEL (CONST) divides a sampler's result by ``1 - sigma_end`` and multiplies a start latent by
+    ``1 - sigma_at``, so ``x`` is rescaled by ``(1 - sigma_end) / (1 - sigma_at)``; at ``sigma_at = 1`` no LATENT
+    can carry it (ValueError naming ``strength``). Eps models do neither (``x`` as it is)."""
+    if getattr(host, "param", "eps") != "flow":
+        return x
+    s_at, s_end = float(sigma_at), float(sigma_end)
+    if s_at >= 1.0:
+        raise ValueError("strength: on a flow model (Flux, SD3) the latent at sigma 1 is pure noise and a core "
+                         "sampler cannot start from it (it scales a start latent by 1 - sigma = 0); use a strength "
+                         "below 1")
+    return x * ((1.0 - s_end) / (1.0 - s_at))
+
+
 def invert_latent(model, positive, negative, samples: torch.Tensor, sigmas: torch.Tensor, *, cfg: float,
                   exact_iters: int, bank: KVBank | None) -> tuple[EditTrajectory, torch.Tensor]:
     """DDIM-invert a LATENT's samples on ``sigmas``: ``(trajectory, inverted z_T in raw latent space)``."""
@@ -209,7 +226,7 @@ def alternating_drag(model, positive, trajectory: EditTrajectory, start: int, ha
                                             mask=mask, image_size=(8 * x.shape[-2], 8 * x.shape[-1]),
                                             progress=progress, like=x, **options)
         result.update(step=step, final=final, info=info)
-        return x_out
+        return start_latent_for_core(host, x_out, trajectory.sigmas[step], sigmas[-1])
 
     out = sample(model, make_sampler(engine, with_model_id=True), trajectory.sigmas[start:start + 2], positive,
                  positive, 1.0, shape=trajectory.shape)
@@ -242,12 +259,13 @@ def drag(model, positive, trajectory: EditTrajectory, step: int, handles, target
 
     def engine(model_k, x, sigmas, extra_args=None, callback=None, disable=None, hooks=None, host=None,
                model_id=None):
+        start_latent_for_core(host, x[:0], sigmas[0], sigmas[-1])  # refuse sigma 1 on a flow model up front
         x_k = trajectory.at(step, like=x).expand_as(x).clone()
         x_opt, final, info = optimize_drag(host, x_k, sigmas[0], sigmas[1], handles, targets, mask=mask,
                                            image_size=(8 * x.shape[-2], 8 * x.shape[-1]), progress=progress,
                                            **options)
         result.update(final=final, info=info)
-        return x_opt
+        return start_latent_for_core(host, x_opt, sigmas[0], sigmas[-1])
 
     out = sample(model, make_sampler(engine, with_model_id=True), trajectory.sigmas[step:step + 2], positive,
                  positive, 1.0, shape=trajectory.shape)
