@@ -203,7 +203,7 @@ def test_flow_guided_edit_lowers_the_energy_and_counts_calls(x0):
     with torch.no_grad():
         e_after, _ = task.energy(host.features(x - 0.05 * g / g.norm(), sig[2], (0,)),
                                  host.features(tr.at(2) + 0.3, sig[2], (0,)), None)
-    assert float(e_after) < float(e_edit)
+    assert float(e_after) < float(e_edit.detach())
     sched = EditSchedule(guidance=(StepWindow(0.0, 0.5),), sde=StepWindow(0.25, 0.5), time_travel=None,
                          kv_mode=None, kv=None, energy_scale=1.0, kappa=1.0)
     stats = EditStats()
