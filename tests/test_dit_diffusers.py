@@ -6,6 +6,7 @@ features, K,V injection through the attention processors (and their restoration)
 edit through the pipeline, and the family check.
 """
 import hashlib
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -419,6 +420,23 @@ def test_dit_levels_bench_runs_on_a_local_diffusers_folder(tmp_path):
     assert "SD3Transformer2DModel" in r["model"] and r["blocks"] == 3 and out["limit"].startswith("trained")
     assert [row["block"] for row in r["rows"]] == ["input", 0, 1, 2]
     assert all(0 <= row["acc"] <= 1 for row in r["rows"])
+
+
+def test_dit_levels_bench_runs_on_trained_tiny_dits(tmp_path):
+    """``bench/train_tiny_dit.py`` (here 3 steps of smaller models on 16 scenes) and ``dit_levels.py --trained``:
+    the demo VAE / text encoder data path, the rectified-flow step, and the measurement on the saved weights."""
+    from diffeditor.bench import train_tiny_dit as T
+    from diffeditor.bench.dit_levels import main
+
+    for family, over in (("flux", dict(num_layers=1, num_single_layers=1)), ("sd3", dict(num_layers=2))):
+        rec = T.train(family, 5.0, 16, batch=4, log_every=1, work=tmp_path, max_steps=3, **over)
+        assert rec["steps"] == 3 and all(math.isfinite(c[2]) for c in rec["curve"])
+    data = torch.load(tmp_path / "data_16.pt")
+    assert data["latents"].shape == (16, 4, 16, 16) and data["hidden"].shape == (16, 16, 64)
+    out = main(["--trained", str(tmp_path), "--tokens", "8", "--images", "1", "--out", str(tmp_path / "r.json")])
+    assert [r["blocks"] for r in out["results"]] == [2, 2] and out["setup"]["token_px"] == 8
+    assert all(r["train"]["steps"] == 3 for r in out["results"])
+    assert all(0 <= row["acc"] <= 1 for r in out["results"] for row in r["rows"])
 
 
 def test_other_attention_processors_are_refused_not_replaced():
