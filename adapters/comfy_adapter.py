@@ -477,12 +477,16 @@ class ComfyHost(EditHost):
         s = self._sigma(sigma, x)
         return comfy.samplers.calc_cond_batch(self._active, [self.positive()], x, s, self.model_options)[0]
 
+    def _level_error(self, bad: list) -> str:
+        """The message for feature levels this MODEL cannot give (the DiT host names its blocks)."""
+        return (f"feature levels {bad} cannot be captured on this MODEL: capturable decoder levels are "
+                f"{list(self.layout.capturable_levels)} (the last up block's output is not exposed)")
+
     def features(self, x, sigma, levels: Sequence[int]):
         levels = tuple(int(l) for l in levels)
         bad = [l for l in levels if l not in self.layout.capturable_levels]
         if bad:
-            raise ValueError(f"feature levels {bad} cannot be captured on this MODEL: capturable decoder levels are "
-                             f"{list(self.layout.capturable_levels)} (the last up block's output is not exposed)")
+            raise ValueError(self._level_error(bad))
         self.check_interrupt()
         s = self._sigma(sigma, x)
         with self.hooks.capturing(levels) as feats:
@@ -492,7 +496,8 @@ class ComfyHost(EditHost):
                 pass
             missing = [l for l in levels if l not in feats]
             if missing:
-                raise ValueError(f"feature levels {missing} were not produced by the forward pass")
+                raise ValueError(f"feature levels {missing} were not produced by the forward pass (a block "
+                                 "replacement of another node skipped those blocks?)")
             return dict(feats)
 
     @contextmanager

@@ -49,7 +49,6 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.model_sampling
 import comfy.patcher_extension
-import comfy.samplers
 
 from ..samplers.dit import block_name, default_dit_levels, double_name, single_name
 from ..samplers.hooks import EditHooks, StopForward
@@ -406,22 +405,7 @@ class ComfyDiTHost(ComfyHost):
     def default_levels(self) -> tuple[int, ...]:
         return self.layout.default_levels()
 
-    def features(self, x, sigma, levels: Sequence[int]):
-        levels = tuple(int(l) for l in levels)
-        bad = [l for l in levels if l not in self.layout.capturable_levels]
-        if bad:
-            raise ValueError(f"feature levels {bad} do not exist on this {FAMILY_LABELS[self.layout.family]} MODEL: "
-                             f"its block levels are 0..{self.layout.num_levels - 1} ({self.layout.n_double} "
-                             f"double/joint blocks, then {self.layout.n_single} single blocks)")
-        self.check_interrupt()
-        s = self._sigma(sigma, x)
-        with self.hooks.capturing(levels) as feats:
-            try:
-                comfy.samplers.calc_cond_batch(self._active, [self.positive()], x, s, self.model_options)
-            except StopForward:
-                pass
-            missing = [l for l in levels if l not in feats]
-            if missing:
-                raise ValueError(f"feature levels {missing} were not produced by the forward pass (a block "
-                                 "replacement of another node skipped those blocks?)")
-            return dict(feats)
+    def _level_error(self, bad: list) -> str:
+        return (f"feature levels {bad} do not exist on this {FAMILY_LABELS[self.layout.family]} MODEL: its block "
+                f"levels are 0..{self.layout.num_levels - 1} ({self.layout.n_double} double/joint blocks, then "
+                f"{self.layout.n_single} single blocks)")

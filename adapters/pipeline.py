@@ -214,31 +214,18 @@ class DiffEditorPipeline:
     def invert(self, latent: torch.Tensor, prompt, steps: int = 50, exact_iters: int = 0,
                bank_window: StepWindow | None = StepWindow(0.0, 1.0), bank_budget_mb: float | None = None,
                cfg: float = 1.0, negative=None) -> EditTrajectory:
-        if self.family is not None:
-            return self._invert_flow(latent, prompt, steps, exact_iters, bank_window, bank_budget_mb, cfg, negative)
-        sig = ddim_sigmas(steps, self.alphas_cumprod).to(self.device)
+        flow = self.family is not None
+        sig = (self.sigmas(steps, latent) if flow else ddim_sigmas(steps, self.alphas_cumprod)).to(self.device)
         den = self.denoiser(prompt, negative, cfg)
         bank = None
         if bank_window is not None:
             budget = None if bank_budget_mb is None else int(bank_budget_mb * 2 ** 20)
             bank = KVBank(steps=bank_window.indices(steps), byte_budget=budget)
+        fingerprint = tensor_fingerprint(den.cond, den.pooled) if flow else tensor_fingerprint(den.cond)
         with den.installed():
-            return invert(den, latent.to(self.device), sig, model_id=self.model_id,
-                          cond_fingerprint=tensor_fingerprint(den.cond), cfg=cfg, exact_iters=exact_iters,
-                          hooks=self.hooks, bank=bank, disable=self.disable, interrupt=self.interrupt)
-
-    def _invert_flow(self, latent, prompt, steps, exact_iters, bank_window, bank_budget_mb, cfg, negative):
-        sig = self.sigmas(steps, latent).to(self.device)
-        den = self.denoiser(prompt, negative, cfg)
-        bank = None
-        if bank_window is not None:
-            budget = None if bank_budget_mb is None else int(bank_budget_mb * 2 ** 20)
-            bank = KVBank(steps=bank_window.indices(steps), byte_budget=budget)
-        with den.installed():
-            return invert(den, latent.to(self.device), sig, model_id=self.model_id,
-                          cond_fingerprint=tensor_fingerprint(den.cond, den.pooled), cfg=cfg,
-                          exact_iters=exact_iters, hooks=self.hooks, bank=bank, disable=self.disable,
-                          interrupt=self.interrupt, param=FLOW)
+            return invert(den, latent.to(self.device), sig, model_id=self.model_id, cond_fingerprint=fingerprint,
+                          cfg=cfg, exact_iters=exact_iters, hooks=self.hooks, bank=bank, disable=self.disable,
+                          interrupt=self.interrupt, param=FLOW if flow else None)
 
     def reconstruct(self, trajectory: EditTrajectory, prompt, cfg: float = 1.0, negative=None) -> torch.Tensor:
         self._check(trajectory)

@@ -222,6 +222,53 @@ def unit_costs(unet, den: DiffusersDenoiser, host: DiffusersHost, x, sigma, leve
     return {"cfg_forward": cfg, "cond_forward": single, "feature_forward": feat, "guidance_eval": grad}
 
 
+def memory_start(model, device):
+    """``(rss0, vram_base)`` before a model's run: this model's weights + working memory are what is counted
+    (other models held by the run excluded)."""
+    vram_base = None
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        vram_base = torch.cuda.memory_allocated() - sum(t.numel() * t.element_size()
+                                                         for t in list(model.parameters()) + list(model.buffers()))
+    return peak_rss_mb(), vram_base
+
+
+def memory_end(out: dict, rss0: float, vram_base, device) -> None:
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["peak_rss_growth_mb"] = out["peak_rss_mb"] - rss0
+    if device.type == "cuda":
+        out["peak_vram_mb"] = (torch.cuda.max_memory_allocated() - vram_base) / 2 ** 20
+
+
+def time_edits(out: dict, den, host, hooks, traj, ref, x0, sig, tasks, units: dict, device, mid: str,
+               **schedule_overrides) -> None:
+    """Each task's DiffEditor edit timed into ``out["tasks"]``: wall time, the network time estimated from the
+    unit costs and the counted calls by purpose (``EditStats``), and the ratios to it and to plain sampling."""
+    specs = make_specs(*x0.shape[-2:])
+    out["tasks"] = {}
+    for task_name in tasks:
+        reference = ref if task_name in ("appearance", "paste") else None
+        task = make_task(specs[task_name], x0, reference=reference)
+        stats = EditStats()
+        sched = preset_schedule("DiffEditor", task_name, **schedule_overrides)
+        sync(device)
+        t = time.perf_counter()
+        with den.installed():
+            sample_edit(den, x0, sig, host=host, hooks=hooks, trajectory=traj, task=task, schedule=sched, seed=42,
+                        model_id=mid, stats=stats, disable=True)
+        sync(device)
+        wall = time.perf_counter() - t
+        net_s = (stats.cfg_forwards * units["cfg_forward"] + stats.guidance_evals * units["guidance_eval"]
+                 + stats.reference_forwards * units["feature_forward"]
+                 + stats.renoise_forwards * units["cond_forward"])
+        out["tasks"][task_name] = {
+            "edit_s": wall, "unet_s_est": net_s, "overhead": wall / net_s if net_s else None,
+            "edit_over_plain": wall / out["plain_sampling_s"], **stats.as_dict(),
+            "nfe_forward": stats.cfg_forwards + stats.feature_forwards + stats.reference_forwards
+            + stats.renoise_forwards, "cfg_default_official": TASK_DEFAULTS[task_name]["cfg"]}
+
+
 def build_dit(name: str, device, dtype):
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
@@ -254,12 +301,7 @@ def bench_model(name: str, device, dtype, steps: int, tasks, reps: int, hw=None,
     levels = default_feature_levels(host.num_up_blocks)
     out = {"model": name, "params_M": sum(p.numel() for p in unet.parameters()) / 1e6,
            "latent": list(lat_hw), "dtype": str(dtype).replace("torch.", ""), "steps": steps, "cfg": cfg_scale}
-    if device.type == "cuda":  # this model's weights + working memory (other models held by the run excluded)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        vram_base = torch.cuda.memory_allocated() - sum(t.numel() * t.element_size()
-                                                         for t in list(unet.parameters()) + list(unet.buffers()))
-    rss0 = peak_rss_mb()
+    rss0, vram_base = memory_start(unet, device)
 
     # plain sampling of the same model and steps (deterministic DDIM, CFG) for the ratio
     sync(device)
@@ -284,32 +326,8 @@ def bench_model(name: str, device, dtype, steps: int, tasks, reps: int, hw=None,
         units = unit_costs(unet, den, host, x0 * float(sig[steps // 2]), sig[steps // 2:steps // 2 + 1].expand(1),
                            levels, device, reps)
     out["unit_seconds"] = units
-    specs = make_specs(*lat_hw)
-    out["tasks"] = {}
-    for task_name in tasks:
-        reference = ref if task_name in ("appearance", "paste") else None
-        task = make_task(specs[task_name], x0, reference=reference)
-        stats = EditStats()
-        sched = preset_schedule("DiffEditor", task_name)
-        sync(device)
-        t = time.perf_counter()
-        with den.installed():
-            sample_edit(den, x0, sig, host=host, hooks=hooks, trajectory=traj, task=task, schedule=sched, seed=42,
-                        model_id=model_id(unet), stats=stats, disable=True)
-        sync(device)
-        wall = time.perf_counter() - t
-        unet_s = (stats.cfg_forwards * units["cfg_forward"] + stats.guidance_evals * units["guidance_eval"]
-                  + stats.reference_forwards * units["feature_forward"]
-                  + stats.renoise_forwards * units["cond_forward"])
-        out["tasks"][task_name] = {
-            "edit_s": wall, "unet_s_est": unet_s, "overhead": wall / unet_s if unet_s else None,
-            "edit_over_plain": wall / out["plain_sampling_s"], **stats.as_dict(),
-            "nfe_forward": stats.cfg_forwards + stats.feature_forwards + stats.reference_forwards
-            + stats.renoise_forwards, "cfg_default_official": TASK_DEFAULTS[task_name]["cfg"]}
-    out["peak_rss_mb"] = peak_rss_mb()
-    out["peak_rss_growth_mb"] = out["peak_rss_mb"] - rss0
-    if device.type == "cuda":
-        out["peak_vram_mb"] = (torch.cuda.max_memory_allocated() - vram_base) / 2 ** 20
+    time_edits(out, den, host, hooks, traj, ref, x0, sig, tasks, units, device, model_id(unet))
+    memory_end(out, rss0, vram_base, device)
     return out
 
 
@@ -342,12 +360,7 @@ def bench_dit(name: str, device, dtype, steps: int, tasks, reps: int, model=None
            "blocks": [host.n_double, host.n_single], "feature_levels": list(levels),
            "latent": list(lat_hw), "text_tokens": tokens, "dtype": str(dtype).replace("torch.", ""),
            "steps": steps, "cfg": cfg_scale, "guidance_distilled": distilled}
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        vram_base = torch.cuda.memory_allocated() - sum(t.numel() * t.element_size()
-                                                         for t in list(model.parameters()) + list(model.buffers()))
-    rss0 = peak_rss_mb()
+    rss0, vram_base = memory_start(model, device)
     sync(device)
     t = time.perf_counter()
     with den.installed():
@@ -378,36 +391,9 @@ def bench_dit(name: str, device, dtype, steps: int, tasks, reps: int, model=None
         units = unit_costs(model, den, host, FLOW.noised(x0, torch.randn_like(x0), float(sig[mid_i])),
                            sig[mid_i:mid_i + 1].expand(1), levels, device, reps)
     out["unit_seconds"] = units
-    specs = make_specs(*lat_hw)
-    out["tasks"] = {}
-    for task_name in tasks:
-        reference = ref if task_name in ("appearance", "paste") else None
-        task = make_task(specs[task_name], x0, reference=reference)
-        stats = EditStats()
-        sched = preset_schedule("DiffEditor", task_name, **({"kv_mode": None, "kv": None} if full else {}))
-        sync(device)
-        t = time.perf_counter()
-        with den.installed():
-            sample_edit(den, x0, sig, host=host, hooks=hooks, trajectory=traj, task=task, schedule=sched, seed=42,
-                        model_id=mid, stats=stats, disable=True)
-        sync(device)
-        wall = time.perf_counter() - t
-        dit_s = (stats.cfg_forwards * units["cfg_forward"] + stats.guidance_evals * units["guidance_eval"]
-                 + stats.reference_forwards * units["feature_forward"]
-                 + stats.renoise_forwards * units["cond_forward"])
-        out["tasks"][task_name] = {
-            "edit_s": wall, "unet_s_est": dit_s, "overhead": wall / dit_s if dit_s else None,
-            "edit_over_plain": wall / out["plain_sampling_s"], **stats.as_dict(),
-            "dit_calls_by_purpose": {"sampling (cfg batch)": stats.cfg_forwards,
-                                     "guidance feature forward+backward": stats.guidance_evals,
-                                     "reference features": stats.reference_forwards,
-                                     "time-travel roll-back": stats.renoise_forwards},
-            "nfe_forward": stats.cfg_forwards + stats.feature_forwards + stats.reference_forwards
-            + stats.renoise_forwards}
-    out["peak_rss_mb"] = peak_rss_mb()
-    out["peak_rss_growth_mb"] = out["peak_rss_mb"] - rss0
-    if device.type == "cuda":
-        out["peak_vram_mb"] = (torch.cuda.max_memory_allocated() - vram_base) / 2 ** 20
+    time_edits(out, den, host, hooks, traj, ref, x0, sig, tasks, units, device, mid,
+               **({"kv_mode": None, "kv": None} if full else {}))
+    memory_end(out, rss0, vram_base, device)
     return out
 
 
